@@ -1,0 +1,129 @@
+"""Checkpoint files on disk: validate int8 safetensors before trusting them; save atomically."""
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+INT8_SUFFIX = ".weight_int8"
+SCALE_SUFFIX = ".weight_scale"
+_WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or disagrees with its config.json manifest."""
+
+
+def read_tensor_headers(checkpoint_files) -> dict[str, tuple[str, str, list[int]]]:
+    """``{tensor name: (file, dtype, shape)}`` from safetensors headers, without reading tensor data."""
+    headers = {}
+    for path in checkpoint_files:
+        path = str(path)
+        if not path.endswith(".safetensors"):
+            raise CheckpointError(
+                f"{path}: optimum-int8 checkpoints are safetensors only; refusing to unpickle a weights file. "
+                "Re-save the model with save_pretrained, or convert it with a trusted tool."
+            )
+        try:
+            with safe_open(path, framework="pt") as handle:
+                for key in handle.keys():
+                    tensor_slice = handle.get_slice(key)
+                    headers[key] = (path, tensor_slice.get_dtype(), list(tensor_slice.get_shape()))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file ({error}). It may be truncated or corrupt: "
+                "download or save it again."
+            ) from error
+    return headers
+
+
+def _expect(headers, key, dtype, shape, manifest_source):
+    if key not in headers:
+        raise CheckpointError(
+            f"{manifest_source} lists {key.rsplit('.', 1)[0]!r} as int8, but no checkpoint file has tensor {key!r}."
+        )
+    path, found_dtype, found_shape = headers[key]
+    if found_dtype != dtype or found_shape != shape:
+        raise CheckpointError(
+            f"{path}: tensor {key!r} is {found_dtype} {found_shape}, but the manifest in {manifest_source} "
+            f"and the model architecture require {dtype} {shape}."
+        )
+
+
+def validate_int8_tensors(headers, int8_shapes: dict[str, tuple[int, int]], manifest_source: str) -> None:
+    """Check every int8 module of the manifest against the files, and every int8 tensor against the manifest.
+
+    ``int8_shapes`` maps module name to (out_features, in_features, has_bias) from the model architecture.
+    """
+    for name, (out_features, in_features, has_bias) in int8_shapes.items():
+        _expect(headers, name + INT8_SUFFIX, "I8", [out_features, in_features], manifest_source)
+        _expect(headers, name + SCALE_SUFFIX, "F32", [out_features], manifest_source)
+        if has_bias:
+            _expect(headers, name + ".bias", "F32", [out_features], manifest_source)
+        if name + ".weight" in headers:
+            raise CheckpointError(
+                f"{headers[name + '.weight'][0]}: holds a float {name + '.weight'!r} for a module the manifest in "
+                f"{manifest_source} lists as int8; the file and config.json do not belong together."
+            )
+    for key, (path, _, _) in headers.items():
+        if key.endswith(INT8_SUFFIX) and key[: -len(INT8_SUFFIX)] not in int8_shapes:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} is int8, but the manifest in {manifest_source} does not list "
+                f"{key[: -len(INT8_SUFFIX)]!r} in int8_modules."
+            )
+
+
+def _carry_over(old_dir: Path, new_dir: Path) -> None:
+    """Keep files saved earlier beside the weights (tokenizer, README, ...); old weights are replaced."""
+    for entry in old_dir.iterdir():
+        destination = new_dir / entry.name
+        if _WEIGHT_FILE.match(entry.name) or destination.exists():
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, destination, symlinks=True)
+        else:
+            shutil.copy2(entry, destination, follow_symlinks=False)
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rmdir(backup)
+    os.rename(target, backup)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def atomic_save_pretrained(model, save_directory, *args, **kwargs):
+    """``save_pretrained`` that writes into a temporary sibling directory and renames it into place.
+
+    On any failure the temporary directory is removed and ``save_directory`` is left exactly as it was.
+    Bound to each quantized model as its ``save_pretrained``.
+    """
+    target = Path(save_directory).absolute()
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"save_pretrained: {target} exists and is a file; pass a directory path.")
+    if kwargs.get("push_to_hub"):
+        kwargs.setdefault("repo_id", target.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        if target.is_dir():
+            _carry_over(target, staging)
+        type(model).save_pretrained(model, staging, *args, **kwargs)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,155 @@
+"""The quantization config stored in config.json: scheme, requested fp32 modules, fallback manifest."""
+
+import dataclasses
+import importlib.metadata
+from typing import Any
+
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+QUANT_METHOD = "optimum_int8"
+FORMAT_VERSION = 1
+SCHEME_INT8_DYNAMIC = "int8_dynamic"
+SUPPORTED_SCHEMES = (SCHEME_INT8_DYNAMIC,)
+FALLBACK_DTYPES = ("float32",)
+TOLERANCE_MODES = ("relative", "absolute")
+
+
+class ConfigError(ValueError):
+    """A quantization_config (or one of its parts) is malformed."""
+
+
+def _check_keys(where: str, data: dict, allowed: set[str], required: set[str] = frozenset()) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"{where} has unknown key(s) {unknown}; allowed keys are {sorted(allowed)}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise ConfigError(f"{where} is missing required key(s) {missing}")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape an int8 checkpoint, for the manifest."""
+    versions = {}
+    for name in ("optimum-int8", "torch", "transformers"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+@dataclasses.dataclass
+class TuningRecord:
+    """How an accuracy-aware tuning run chose the fallbacks (written by the tuner)."""
+
+    metric: str
+    fp32_value: float
+    int8_value: float
+    tolerance: float
+    tolerance_mode: str = "relative"
+    higher_is_better: bool = True
+    trials: int = 0
+    library_versions: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.tolerance_mode not in TOLERANCE_MODES:
+            raise ConfigError(f"tuning.tolerance_mode must be one of {TOLERANCE_MODES}, got {self.tolerance_mode!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "tuning") -> "TuningRecord":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        _check_keys(where, data, fields, {"metric", "fp32_value", "int8_value", "tolerance"})
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class FallbackManifest:
+    """Exactly which Linear modules are int8 and which were kept in float (and in which dtype)."""
+
+    int8_modules: list[str]
+    fallback_modules: dict[str, str] = dataclasses.field(default_factory=dict)
+    created_with: dict[str, str] = dataclasses.field(default_factory=library_versions)
+    tuning: TuningRecord | None = None
+
+    def __post_init__(self):
+        overlap = sorted(set(self.int8_modules) & set(self.fallback_modules))
+        if overlap:
+            raise ConfigError(f"manifest lists module(s) {overlap} both in int8_modules and fallback_modules")
+        for name, dtype in self.fallback_modules.items():
+            if dtype not in FALLBACK_DTYPES:
+                raise ConfigError(
+                    f"manifest.fallback_modules[{name!r}] is {dtype!r}; supported fallback dtypes are {FALLBACK_DTYPES}"
+                )
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "manifest") -> "FallbackManifest":
+        _check_keys(where, data, {f.name for f in dataclasses.fields(cls)}, {"int8_modules"})
+        data = dict(data)
+        if data.get("tuning") is not None:
+            data["tuning"] = TuningRecord.from_dict(data["tuning"], f"{where}.tuning")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["tuning"] = self.tuning.to_dict() if self.tuning is not None else None
+        return data
+
+
+class Int8Config(QuantizationConfigMixin):
+    """Dynamic int8 quantization of every Linear module except those in ``modules_in_fp32``.
+
+    Args:
+        modules_in_fp32: module names to keep in fp32, exact (``"lm_head"``) or fnmatch globs
+            (``"model.decoder.layers.*.fc2"``). Every entry must match at least one Linear module.
+        manifest: filled in when the model is quantized; lists the exact module names. A config read
+            from a checkpoint always has one.
+    """
+
+    def __init__(
+        self,
+        modules_in_fp32: list[str] | None = None,
+        manifest: FallbackManifest | dict | None = None,
+        scheme: str = SCHEME_INT8_DYNAMIC,
+        format_version: int = FORMAT_VERSION,
+        quant_method: str = QUANT_METHOD,
+    ):
+        if quant_method != QUANT_METHOD:
+            raise ConfigError(f"Int8Config reads quant_method {QUANT_METHOD!r}, got {quant_method!r}")
+        if format_version != FORMAT_VERSION:
+            raise ConfigError(
+                f"quantization_config.format_version is {format_version}; this optimum-int8 reads version "
+                f"{FORMAT_VERSION}. Upgrade optimum-int8 to load this checkpoint."
+            )
+        if scheme not in SUPPORTED_SCHEMES:
+            raise ConfigError(f"quantization_config.scheme is {scheme!r}; supported schemes are {SUPPORTED_SCHEMES}")
+        if isinstance(modules_in_fp32, str) or not all(isinstance(m, str) for m in modules_in_fp32 or []):
+            raise ConfigError("modules_in_fp32 must be a list of module names (strings)")
+        self.quant_method = QUANT_METHOD
+        self.format_version = format_version
+        self.scheme = scheme
+        self.modules_in_fp32 = list(modules_in_fp32 or [])
+        self.manifest = FallbackManifest.from_dict(manifest, "quantization_config.manifest") if isinstance(manifest, dict) else manifest
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, return_unused_kwargs: bool = False, **kwargs) -> "Int8Config":
+        allowed = {"quant_method", "format_version", "scheme", "modules_in_fp32", "manifest"}
+        _check_keys("quantization_config", config_dict, allowed, {"quant_method"})
+        config = cls(**config_dict)
+        return (config, kwargs) if return_unused_kwargs else config
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "quant_method": self.quant_method,
+            "format_version": self.format_version,
+            "scheme": self.scheme,
+            "modules_in_fp32": list(self.modules_in_fp32),
+            "manifest": self.manifest.to_dict() if self.manifest is not None else None,
+        }
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        return self.to_dict()

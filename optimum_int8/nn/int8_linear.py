@@ -1,0 +1,126 @@
+"""Dynamic int8 Linear: int8 weights with symmetric per-output-channel scales, activations per call."""
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from . import kernels
+
+INT8_MAX = 127
+_MIN_SCALE = 1e-12
+
+
+def float_weight(module: nn.Module) -> torch.Tensor:
+    """The [out, in] weight of an ``nn.Linear``, or of a transformers ``Conv1D`` (stored [in, out])."""
+    return module.weight.t() if isinstance(module, Conv1D) else module.weight
+
+
+class Int8DynamicLinear(nn.Module):
+    """``y = x @ (weight_int8 * weight_scale[:, None]).T + bias`` on the CPU int8 kernels.
+
+    State dict: ``weight_int8`` (int8, [out, in]), ``weight_scale`` (float32, [out]) and ``bias``
+    (float32, [out], optional). At run time the weight lives only in the packed kernel format; the
+    state dict tensors are unpacked from it on save, so they are always exactly what runs.
+
+    ``weight()`` is a method, not a tensor, on purpose: code such as T5's feed-forward probes
+    ``isinstance(module.weight, torch.Tensor)`` to pick a dtype, and must not mistake int8 codes for
+    a float weight.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("weight_int8", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.empty(out_features, dtype=torch.float32, device=device))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, dtype=torch.float32, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self._packed = None
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "Int8DynamicLinear":
+        """Quantize a float [out, in] weight; the module comes back unpacked (call ``pack()`` to run it).
+
+        ``bias`` may still be on the meta device (it is then loaded later, before packing).
+        """
+        weight = weight.detach().to(torch.float32)
+        if not torch.isfinite(weight).all():
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)} contains NaN or Inf and cannot be quantized; "
+                "keep this module in fp32 with Int8Config(modules_in_fp32=[...])."
+            )
+        out_features, in_features = weight.shape
+        qmodule = cls(in_features, out_features, bias=False, device=weight.device)
+        weight_scale = (weight.abs().amax(dim=1) / INT8_MAX).clamp(min=_MIN_SCALE)
+        qmodule.weight_int8 = torch.round(weight / weight_scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+        qmodule.weight_scale = weight_scale
+        if bias is not None:
+            qmodule.bias = nn.Parameter(bias.detach().to(torch.float32), requires_grad=False)
+        return qmodule
+
+    @classmethod
+    def from_float(cls, module: nn.Module) -> "Int8DynamicLinear":
+        """Quantize a loaded fp32 ``nn.Linear`` or transformers ``Conv1D`` (weight [in, out]) and pack it."""
+        if type(module) not in (nn.Linear, Conv1D):
+            raise TypeError(f"Int8DynamicLinear.from_float expects nn.Linear or Conv1D, got {type(module).__name__}")
+        qmodule = cls.from_weight(float_weight(module), module.bias)
+        qmodule.pack()
+        return qmodule
+
+    @property
+    def is_packed(self) -> bool:
+        return self._packed is not None
+
+    def pack(self) -> None:
+        """Move the weight into the kernel's packed format and drop the plain int8 buffers."""
+        if self.weight_int8 is None:
+            raise RuntimeError("Int8DynamicLinear has no weight_int8 to pack; it is already packed.")
+        if self.weight_int8.is_meta:
+            raise RuntimeError("Int8DynamicLinear weights are still on the meta device; load them before packing.")
+        self._packed = kernels.pack(self.weight_int8.contiguous(), self.weight_scale, self.bias)
+        self.weight_int8 = None
+        self.weight_scale = None
+
+    def _unpack(self) -> None:
+        self.weight_int8, self.weight_scale = kernels.unpack(self._packed)
+        self._packed = None
+
+    def weight(self) -> torch.Tensor:
+        """The dequantized fp32 weight [out, in] (what the kernel multiplies by, up to activation rounding)."""
+        weight_int8, weight_scale = kernels.unpack(self._packed) if self.is_packed else (self.weight_int8, self.weight_scale)
+        return weight_int8.to(torch.float32) * weight_scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.is_packed:
+            raise RuntimeError("Int8DynamicLinear is not packed; load its weights (and call pack()) before running it.")
+        if x.dtype == torch.float32:
+            return kernels.linear(x, self._packed)
+        return kernels.linear(x.to(torch.float32), self._packed).to(x.dtype)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.is_packed:
+            weight_int8, weight_scale = kernels.unpack(self._packed)
+            destination[prefix + "weight_int8"] = weight_int8
+            destination[prefix + "weight_scale"] = weight_scale
+            if self.bias is not None:
+                destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+        else:
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        for name, dtype in (("weight_int8", torch.int8), ("weight_scale", torch.float32)):
+            tensor = state_dict.get(prefix + name)
+            if tensor is not None and tensor.dtype != dtype:
+                error_msgs.append(f"{prefix}{name}: expected {dtype}, got {tensor.dtype}")
+                return
+        was_packed = self.is_packed
+        if was_packed:
+            self._unpack()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if was_packed:
+            self.pack()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8 per-channel"

@@ -1,0 +1,65 @@
+"""The only module that knows which CPU int8 kernels run our layers.
+
+Today that is torch's x86/fbgemm dynamic int8 GEMM (the kernel behind ``torch.ao``'s dynamic quantized
+Linear): weights are prepacked once, activations are quantized per call to uint8 with a per-tensor
+scale. On AVX2-only CPUs the ``vpmaddubsw`` instruction can saturate int16 partial sums, so weights are
+packed with ``reduce_range=True`` (7-bit activations), exactly as ``torch.ao`` does on x86.
+
+torch 2.13 deprecates ``torch.ao`` eager quantization; docs/kernels.md says what replaces these calls
+when the ops go. Nothing else in the package calls ``torch.ops.quantized`` directly.
+"""
+
+import warnings
+
+import torch
+
+REDUCE_RANGE = True
+_SUPPORTED_ENGINES = ("x86", "fbgemm")
+
+
+class KernelUnavailableError(RuntimeError):
+    """The CPU int8 kernels are missing from this torch build."""
+
+
+def check_available() -> None:
+    """Raise a KernelUnavailableError if torch cannot run the x86/fbgemm dynamic int8 kernels."""
+    engines = torch.backends.quantized.supported_engines
+    if not any(engine in engines for engine in _SUPPORTED_ENGINES):
+        raise KernelUnavailableError(
+            f"torch {torch.__version__} has no x86/fbgemm quantized engine (supported: {engines}). "
+            "optimum-int8 runs its int8 layers on x86 CPUs with a standard torch CPU build; "
+            "install one with `pip install torch==2.13.0`."
+        )
+    if not hasattr(torch.ops.quantized, "linear_dynamic"):
+        raise KernelUnavailableError(
+            f"torch {torch.__version__} lacks torch.ops.quantized.linear_dynamic; "
+            "optimum-int8 supports torch>=2.6,<2.14."
+        )
+
+
+def _quantized_weight(weight_int8: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch._make_per_channel_quantized_tensor(
+            weight_int8, weight_scale.double(), torch.zeros_like(weight_scale, dtype=torch.long), 0
+        )
+
+
+def pack(weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):
+    """Prepack an int8 [out, in] weight with per-output-channel fp32 scales for ``linear``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ops.quantized.linear_prepack(_quantized_weight(weight_int8, weight_scale), bias)
+
+
+def unpack(packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (weight_int8, fp32 weight_scale) from a packed weight; exact inverse of ``pack``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qweight, _ = torch.ops.quantized.linear_unpack(packed)
+        return qweight.int_repr(), qweight.q_per_channel_scales().to(torch.float32)
+
+
+def linear(x: torch.Tensor, packed) -> torch.Tensor:
+    """fp32 ``x @ W.T + b`` with W int8 and x quantized dynamically (per tensor) inside the kernel."""
+    return torch.ops.quantized.linear_dynamic(x, packed, REDUCE_RANGE)

@@ -1,0 +1,222 @@
+"""The transformers ``HfQuantizer`` for our quant_method, and ``quantize_model`` built on the same hooks.
+
+Registered on import of ``optimum_int8``, so plain ``AutoModelFor*.from_pretrained`` restores int8
+checkpoints (pre-quantized) or quantizes fp32 weights while they load (``quantization_config=Int8Config()``).
+``quantize_model`` runs the very same hooks on a model already in memory, so both give identical weights.
+"""
+
+import copy
+import os
+import types
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+from transformers.core_model_loading import ConversionOps
+from transformers.pytorch_utils import Conv1D
+from transformers.quantizers.auto import (
+    AUTO_QUANTIZATION_CONFIG_MAPPING,
+    AUTO_QUANTIZER_MAPPING,
+    register_quantization_config,
+    register_quantizer,
+)
+from transformers.quantizers.base import HfQuantizer
+from transformers.utils import logging
+
+from . import linear_modules
+from ._memory import release_file_pages
+from .checkpoint import CheckpointError, atomic_save_pretrained, read_tensor_headers, validate_int8_tensors
+from .configuration import QUANT_METHOD, FallbackManifest, Int8Config
+from .nn import Int8DynamicLinear, kernels
+
+logger = logging.get_logger(__name__)
+
+MANIFEST_SOURCE = "config.json quantization_config.manifest"
+
+
+def _check_cpu_device_map(device_map) -> None:
+    if device_map is None:
+        return
+    devices = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
+    if any(str(device) != "cpu" for device in devices):
+        raise ValueError(
+            f"optimum-int8 int8 layers run on CPU kernels only, but device_map={device_map!r} was passed. "
+            "Load with device_map=None (or 'cpu')."
+        )
+
+
+class QuantizeWeightOnLoad(ConversionOps):
+    """Quantize one fp32 Linear weight as it streams out of the checkpoint (non-pre-quantized loading)."""
+
+    def __init__(self, hf_quantizer: "Int8HfQuantizer"):
+        self.hf_quantizer = hf_quantizer
+
+    def convert(self, input_dict, *args, model=None, full_layer_name=None, missing_keys=None, **kwargs):
+        tensor = next(iter(input_dict.values()))
+        tensor = tensor[0] if isinstance(tensor, list) else tensor
+        module_name = full_layer_name.rsplit(".", 1)[0]
+        float_module = model.get_submodule(module_name)
+        weight = tensor.t() if isinstance(float_module, Conv1D) else tensor
+        model.set_submodule(module_name, Int8DynamicLinear.from_weight(weight, float_module.bias))
+        if missing_keys is not None:
+            missing_keys.discard(full_layer_name)
+        return {}
+
+
+class Int8HfQuantizer(HfQuantizer):
+    """Swaps Linear modules for ``Int8DynamicLinear`` around transformers' weight loading."""
+
+    requires_calibration = False
+
+    def __init__(self, quantization_config: Int8Config, **kwargs):
+        super().__init__(copy.deepcopy(quantization_config), **kwargs)
+        self._int8_modules: list[str] = []
+        self._fp32_modules: list[str] = []
+        self._checkpoint_files: list[str] = []
+
+    def validate_environment(self, device_map=None, **kwargs):
+        kernels.check_available()
+        _check_cpu_device_map(device_map)
+
+    def update_dtype(self, dtype):
+        if dtype is not None and dtype != torch.float32:
+            logger.warning(
+                f"optimum-int8 computes int8 layers in float32 and keeps fallback modules in float32; "
+                f"loading the model in float32 instead of {dtype}."
+            )
+        return torch.float32
+
+    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+        linears = linear_modules.find_float_linears(model)
+        if not linears:
+            raise ValueError(f"{type(model).__name__} has no nn.Linear or Conv1D modules: there is nothing to quantize to int8.")
+        if self.pre_quantized:
+            self._prepare_int8_skeleton(model, linears, checkpoint_files or [])
+        else:
+            self._fp32_modules = linear_modules.resolve_module_names(
+                self.quantization_config.modules_in_fp32, linears, "Int8Config.modules_in_fp32"
+            )
+            self._int8_modules = [name for name in linears if name not in self._fp32_modules]
+            if not self._int8_modules:
+                raise ValueError(
+                    f"Int8Config.modules_in_fp32 keeps all {len(linears)} Linear modules in fp32: nothing would be int8."
+                )
+        return model
+
+    def _prepare_int8_skeleton(self, model, linears, checkpoint_files):
+        manifest = self.quantization_config.manifest
+        if manifest is None:
+            raise CheckpointError(
+                f"{MANIFEST_SOURCE} is missing: a pre-quantized optimum-int8 checkpoint must list its int8 modules."
+            )
+        linear_modules.check_module_names(manifest.int8_modules, linears, f"{MANIFEST_SOURCE}.int8_modules")
+        linear_modules.check_module_names(manifest.fallback_modules, linears, f"{MANIFEST_SOURCE}.fallback_modules")
+        shapes = {}
+        for name in manifest.int8_modules:
+            out_features, in_features = _out_in(linears[name])
+            shapes[name] = (out_features, in_features, linears[name].bias is not None)
+        if checkpoint_files:
+            validate_int8_tensors(read_tensor_headers(checkpoint_files), shapes, MANIFEST_SOURCE)
+        with torch.device("meta"):
+            for name, (out_features, in_features, has_bias) in shapes.items():
+                model.set_submodule(name, Int8DynamicLinear(in_features, out_features, bias=has_bias))
+        linear_modules.untie_modules(model, manifest.int8_modules)
+        self._int8_modules = list(manifest.int8_modules)
+        self._checkpoint_files = [os.path.realpath(path) for path in checkpoint_files]
+
+    def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+        if self.pre_quantized or not param_name.endswith(".weight"):
+            return False
+        module_name = param_name[: -len(".weight")]
+        # Tied weights are quantized after loading, once transformers has tied them.
+        return module_name in self._int8_modules and param_name not in linear_modules.tied_parameter_names(model)
+
+    def get_quantize_ops(self):
+        return QuantizeWeightOnLoad(self)
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        if self.pre_quantized:
+            self._pack_loaded_modules(model)
+            release_file_pages(self._checkpoint_files)
+        else:
+            self._quantize_remaining(model)
+            self.quantization_config.manifest = FallbackManifest(
+                int8_modules=list(self._int8_modules),
+                fallback_modules={name: "float32" for name in self._fp32_modules},
+            )
+        model.save_pretrained = types.MethodType(atomic_save_pretrained, model)
+        return model
+
+    def _pack_loaded_modules(self, model):
+        for name in self._int8_modules:
+            module = model.get_submodule(name)
+            for tensor_name, tensor in (("weight_int8", module.weight_int8), ("weight_scale", module.weight_scale), ("bias", module.bias)):
+                if tensor is not None and (tensor.is_meta or not getattr(tensor, "_is_hf_initialized", False)):
+                    raise CheckpointError(
+                        f"tensor {name}.{tensor_name} was not loaded from the checkpoint files; "
+                        f"the weights do not match {MANIFEST_SOURCE}."
+                    )
+            module.pack()
+
+    def _quantize_remaining(self, model):
+        linears = linear_modules.find_float_linears(model)
+        for name in tqdm(self._int8_modules, desc="Quantizing Linear modules to int8", unit="module", leave=False):
+            module = model.get_submodule(name)
+            if name in linears:
+                model.set_submodule(name, Int8DynamicLinear.from_float(module))
+            else:
+                if module.bias is not None and module.bias.is_meta:
+                    raise CheckpointError(f"tensor {name}.bias was not found in the checkpoint being quantized.")
+                module.pack()
+        linear_modules.untie_modules(model, self._int8_modules)
+
+    def is_serializable(self, *args, **kwargs):
+        return True
+
+    @property
+    def is_trainable(self):
+        return False
+
+
+def _out_in(module) -> tuple[int, int]:
+    if isinstance(module, Conv1D):
+        return module.nf, module.weight.shape[0]
+    return module.out_features, module.in_features
+
+
+def quantize_model(model: PreTrainedModel, config: Int8Config | None = None) -> PreTrainedModel:
+    """Quantize a loaded fp32 transformers model in place (and return it) with dynamic int8 Linear layers.
+
+    The model keeps its class; ``config.quantization_config`` gets the manifest of what is int8 and what
+    stayed fp32, so ``save_pretrained`` writes a checkpoint that ``from_pretrained`` restores.
+    """
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"quantize_model expects a transformers PreTrainedModel, got {type(model).__name__}")
+    if getattr(model, "is_quantized", False):
+        raise ValueError(
+            f"{type(model).__name__} is already quantized (quant_method={getattr(model, 'quantization_method', None)!r}); "
+            "quantize the fp32 model instead."
+        )
+    devices = {parameter.device.type for parameter in model.parameters()}
+    if devices - {"cpu"}:
+        raise ValueError(f"quantize_model runs on CPU; the model has parameters on {sorted(devices)}. Call model.cpu() first.")
+    config = copy.deepcopy(config) if config is not None else Int8Config()
+    config.manifest = None
+    quantizer = Int8HfQuantizer(config, pre_quantized=False)
+    quantizer.validate_environment()
+    try:
+        quantizer.preprocess_model(model, dtype=model.dtype)
+    except BaseException:
+        quantizer.remove_quantization_config(model)
+        raise
+    model.hf_quantizer = quantizer
+    quantizer.postprocess_model(model)
+    return model
+
+
+def register() -> None:
+    """Make transformers' Auto loaders recognise ``quant_method: optimum_int8`` (idempotent)."""
+    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(QUANT_METHOD)(Int8Config)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(QUANT_METHOD)(Int8HfQuantizer)
