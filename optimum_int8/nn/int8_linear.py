@@ -15,6 +15,22 @@ def float_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.t() if isinstance(module, Conv1D) else module.weight
 
 
+class DequantizedWeight:
+    """What ``Int8DynamicLinear.weight`` returns: call it for the dequantized fp32 weight.
+
+    It carries transformers' ``_is_hf_initialized`` flag so that weight-init code run after loading
+    (e.g. GPT-2's scaled ``init.normal_(c_proj.weight)``) leaves int8 modules alone.
+    """
+
+    _is_hf_initialized = True
+
+    def __init__(self, module: "Int8DynamicLinear"):
+        self._module = module
+
+    def __call__(self) -> torch.Tensor:
+        return self._module.dequantized_weight()
+
+
 class Int8DynamicLinear(nn.Module):
     """``y = x @ (weight_int8 * weight_scale[:, None]).T + bias`` on the CPU int8 kernels.
 
@@ -22,9 +38,9 @@ class Int8DynamicLinear(nn.Module):
     (float32, [out], optional). At run time the weight lives only in the packed kernel format; the
     state dict tensors are unpacked from it on save, so they are always exactly what runs.
 
-    ``weight()`` is a method, not a tensor, on purpose: code such as T5's feed-forward probes
-    ``isinstance(module.weight, torch.Tensor)`` to pick a dtype, and must not mistake int8 codes for
-    a float weight.
+    ``weight`` is not a tensor, on purpose: code such as T5's feed-forward probes
+    ``isinstance(module.weight, torch.Tensor)`` to pick a dtype and must not mistake int8 codes for a
+    float weight. ``module.weight()`` returns the dequantized fp32 weight, like ``torch.ao``'s modules.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None):
@@ -57,7 +73,10 @@ class Int8DynamicLinear(nn.Module):
         qmodule.weight_int8 = torch.round(weight / weight_scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
         qmodule.weight_scale = weight_scale
         if bias is not None:
-            qmodule.bias = nn.Parameter(bias.detach().to(torch.float32), requires_grad=False)
+            # A copy: the float bias may be tied to another parameter (RoBERTa's lm_head.bias), and
+            # storage shared with it would make save_pretrained drop one of the two names.
+            qmodule.bias = nn.Parameter(bias.detach().to(torch.float32, copy=True), requires_grad=False)
+            qmodule.bias._is_hf_initialized = getattr(bias, "_is_hf_initialized", False)
         return qmodule
 
     @classmethod
@@ -87,7 +106,11 @@ class Int8DynamicLinear(nn.Module):
         self.weight_int8, self.weight_scale = kernels.unpack(self._packed)
         self._packed = None
 
-    def weight(self) -> torch.Tensor:
+    @property
+    def weight(self) -> "DequantizedWeight":
+        return DequantizedWeight(self)
+
+    def dequantized_weight(self) -> torch.Tensor:
         """The dequantized fp32 weight [out, in] (what the kernel multiplies by, up to activation rounding)."""
         weight_int8, weight_scale = kernels.unpack(self._packed) if self.is_packed else (self.weight_int8, self.weight_scale)
         return weight_int8.to(torch.float32) * weight_scale[:, None]

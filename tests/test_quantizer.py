@@ -1,0 +1,158 @@
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForSeq2SeqLM, BartForConditionalGeneration, T5ForConditionalGeneration
+from transformers.pytorch_utils import Conv1D
+
+from conftest import TINY_ARCHS, run
+from optimum_int8 import Int8Config, Int8DynamicLinear, Int8HfQuantizer, quantize_model
+from optimum_int8.linear_modules import find_float_linears
+
+
+def _fallback_for(arch):
+    """One real fallback per architecture: a mid-network Linear (or Conv1D) module."""
+    return next(name for name in find_float_linears(arch.build()) if ".1." in name or "layer.1" in name)
+
+
+def test_quantize_save_reload_is_bit_exact_through_both_loaders(arch, fp32_dir, tmp_path):
+    fallback = _fallback_for(arch)
+    model = arch.auto_class.from_pretrained(fp32_dir)
+    expected_class = type(model)
+    qmodel = quantize_model(model, Int8Config(modules_in_fp32=[fallback]))
+    inputs = arch.inputs()
+    reference = run(qmodel, inputs)
+    qmodel.save_pretrained(tmp_path / "int8")
+
+    via_inc = arch.inc_class.from_pretrained(tmp_path / "int8")
+    via_auto = arch.auto_class.from_pretrained(tmp_path / "int8")
+    for loaded in (via_inc, via_auto):
+        assert type(loaded) is expected_class
+        assert torch.equal(run(loaded, inputs), reference)
+        assert type(loaded.get_submodule(fallback)) in (nn.Linear, Conv1D)
+        manifest = loaded.config.quantization_config.manifest
+        assert manifest.fallback_modules == {fallback: "float32"}
+        assert manifest.int8_modules == [n for n, m in loaded.named_modules() if isinstance(m, Int8DynamicLinear)]
+        assert manifest.int8_modules == qmodel.config.quantization_config.manifest.int8_modules
+
+
+def test_quantize_while_loading_equals_quantize_model(arch, fp32_dir):
+    config = Int8Config(modules_in_fp32=[_fallback_for(arch)])
+    inputs = arch.inputs()
+    after = quantize_model(arch.auto_class.from_pretrained(fp32_dir), config)
+    while_loading = arch.auto_class.from_pretrained(fp32_dir, quantization_config=config)
+    assert torch.equal(run(while_loading, inputs), run(after, inputs))
+    after_state, loading_state = after.state_dict(), while_loading.state_dict()
+    assert after_state.keys() == loading_state.keys()
+    assert all(torch.equal(after_state[key], loading_state[key]) for key in after_state)
+    assert while_loading.config.quantization_config.manifest.to_dict()["int8_modules"] == \
+        after.config.quantization_config.manifest.int8_modules
+
+
+def test_int8_output_stays_close_to_fp32(arch, fp32_dir):
+    inputs = arch.inputs()
+    fp32 = run(arch.auto_class.from_pretrained(fp32_dir), inputs)
+    int8 = run(quantize_model(arch.auto_class.from_pretrained(fp32_dir)), inputs)
+    cosine = torch.nn.functional.cosine_similarity(fp32.flatten(), int8.flatten(), dim=0)
+    assert cosine > 0.99
+
+
+@pytest.mark.parametrize("model_class", [BartForConditionalGeneration, T5ForConditionalGeneration])
+@pytest.mark.parametrize("lm_head_in_fp32", [False, True])
+def test_tied_lm_head_comes_back_right(model_class, lm_head_in_fp32, tmp_path):
+    arch = TINY_ARCHS["bart" if model_class is BartForConditionalGeneration else "t5"]
+    arch.build().save_pretrained(tmp_path / "fp32")
+    config = Int8Config(modules_in_fp32=["lm_head"] if lm_head_in_fp32 else [])
+    qmodel = quantize_model(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "fp32"), config)
+    inputs = arch.inputs()
+    reference = run(qmodel, inputs)
+    qmodel.save_pretrained(tmp_path / "int8")
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "int8")
+
+    assert torch.equal(run(loaded, inputs), reference)
+    shared = loaded.get_input_embeddings().weight
+    if lm_head_in_fp32:
+        assert type(loaded.lm_head) is nn.Linear
+        assert loaded.lm_head.weight is shared
+    else:
+        assert isinstance(loaded.lm_head, Int8DynamicLinear)
+        fp32_shared = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "fp32").get_input_embeddings().weight
+        assert torch.equal(shared, fp32_shared)
+        assert "lm_head" not in loaded.all_tied_weights_keys
+
+
+def test_gpt2_conv1d_is_stored_in_linear_orientation(tmp_path):
+    arch = TINY_ARCHS["gpt2"]
+    model = arch.build()
+    c_fc = model.transformer.h[0].mlp.c_fc
+    qmodel = quantize_model(model)
+    dequantized = qmodel.transformer.h[0].mlp.c_fc.weight()
+    assert dequantized.shape == (c_fc.nf, c_fc.weight.shape[0])
+    assert torch.allclose(dequantized, c_fc.weight.t(), atol=c_fc.weight.abs().max().item() / 127)
+
+
+def test_modules_in_fp32_accepts_globs():
+    qmodel = quantize_model(TINY_ARCHS["bart"].build(), Int8Config(modules_in_fp32=["model.decoder.layers.*.fc2"]))
+    assert sorted(qmodel.config.quantization_config.manifest.fallback_modules) == [
+        "model.decoder.layers.0.fc2", "model.decoder.layers.1.fc2"]
+
+
+def test_unknown_fp32_module_name_is_rejected_with_a_suggestion():
+    model = TINY_ARCHS["bart"].build()
+    with pytest.raises(ValueError, match=r"Int8Config.modules_in_fp32: 'model.decoder.layer.0.fc2'.*Did you mean"):
+        quantize_model(model, Int8Config(modules_in_fp32=["model.decoder.layer.0.fc2"]))
+    assert not getattr(model, "is_quantized", False)
+    assert quantize_model(model).is_quantized
+
+
+def test_all_modules_excluded_is_an_error():
+    with pytest.raises(ValueError, match="keeps all .* Linear modules in fp32"):
+        quantize_model(TINY_ARCHS["bart"].build(), Int8Config(modules_in_fp32=["*"]))
+
+
+def test_model_without_linear_layers_is_an_error():
+    from transformers import ResNetConfig
+
+    model = AutoModel.from_config(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1]))
+    with pytest.raises(ValueError, match="no nn.Linear or Conv1D modules"):
+        quantize_model(model)
+
+
+def test_quantizing_twice_is_an_error():
+    qmodel = quantize_model(TINY_ARCHS["bart"].build())
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_model(qmodel)
+
+
+@pytest.mark.parametrize("device_map", [{"": "cuda:0"}, "cuda", {"model": "cpu", "lm_head": "disk"}])
+def test_non_cpu_device_map_is_rejected(device_map):
+    # transformers calls this hook with from_pretrained's device_map (which itself needs accelerate).
+    with pytest.raises(ValueError, match="CPU kernels only"):
+        Int8HfQuantizer(Int8Config()).validate_environment(device_map=device_map)
+    Int8HfQuantizer(Int8Config()).validate_environment(device_map={"": "cpu"})
+
+
+def test_user_config_object_is_not_mutated(bart_fp32_dir):
+    config = Int8Config()
+    AutoModelForSeq2SeqLM.from_pretrained(bart_fp32_dir, quantization_config=config)
+    quantize_model(TINY_ARCHS["bart"].build(), config)
+    assert config.manifest is None
+
+
+def test_generate_with_a_real_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from conftest import LEGACY_FIXTURES
+    from optimum_int8 import INCModelForSeq2SeqLM
+
+    fixture = LEGACY_FIXTURES / "bart_seq2seq_dynamic"
+    tokenizer = AutoTokenizer.from_pretrained(fixture)
+    qmodel = quantize_model(AutoModelForSeq2SeqLM.from_pretrained(fixture / "fp32"),
+                            Int8Config(modules_in_fp32=["model.decoder.layers.0.fc2", "lm_head"]))
+    qmodel.save_pretrained(tmp_path / "int8")
+    tokenizer.save_pretrained(tmp_path / "int8")
+    model = INCModelForSeq2SeqLM.from_pretrained(tmp_path / "int8")
+    inputs = tokenizer("the quick brown fox jumps over the lazy dog", return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert torch.equal(generated, qmodel.generate(**inputs, max_new_tokens=8, do_sample=False))
+    assert generated.shape[1] > 1
+    assert isinstance(tokenizer.decode(generated[0], skip_special_tokens=True), str)
