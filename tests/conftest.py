@@ -1,5 +1,6 @@
 """Tiny seeded transformers models, built from configs and saved through the real save_pretrained."""
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class TinyArch:
 
     def build(self, seed: int = 0):
         torch.manual_seed(seed)
-        return self.auto_class.from_config(self.config).eval()
+        return self.auto_class.from_config(copy.deepcopy(self.config)).eval()
 
     def inputs(self, seed: int = 1) -> dict:
         generator = torch.Generator().manual_seed(seed)
