@@ -1,0 +1,152 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSeq2SeqLM
+
+from conftest import run
+from optimum_int8 import INCModelForSeq2SeqLM, Int8Config, quantize_model
+from optimum_int8.checkpoint import CheckpointError
+
+
+@pytest.fixture
+def int8_dir(tmp_path, bart, bart_fp32_dir) -> Path:
+    qmodel = quantize_model(AutoModelForSeq2SeqLM.from_pretrained(bart_fp32_dir), Int8Config(modules_in_fp32=["lm_head"]))
+    qmodel.save_pretrained(tmp_path / "int8")
+    return tmp_path / "int8"
+
+
+def _edit_config(directory: Path, edit) -> None:
+    config = json.loads((directory / "config.json").read_text())
+    edit(config["quantization_config"])
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def _edit_tensors(directory: Path, edit) -> None:
+    tensors = load_file(directory / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_format_is_safetensors_with_manifest_in_config(int8_dir):
+    assert sorted(p.name for p in int8_dir.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    config = json.loads((int8_dir / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "optimum_int8" and config["scheme"] == "int8_dynamic"
+    assert config["manifest"]["fallback_modules"] == {"lm_head": "float32"}
+    with safe_open(int8_dir / "model.safetensors", framework="pt") as handle:
+        keys = set(handle.keys())
+        for name in config["manifest"]["int8_modules"]:
+            assert handle.get_slice(f"{name}.weight_int8").get_dtype() == "I8"
+            assert handle.get_slice(f"{name}.weight_scale").get_dtype() == "F32"
+            assert f"{name}.weight" not in keys
+    assert "lm_head.weight" not in keys  # fp32 lm_head stays tied to the shared embedding
+
+
+def test_large_models_are_sharded_like_transformers(tmp_path, bart, int8_dir):
+    model = INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    files = sorted(p.name for p in (tmp_path / "sharded").iterdir())
+    assert "model.safetensors.index.json" in files
+    assert len([f for f in files if f.startswith("model-")]) > 1
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
+    inputs = bart.inputs()
+    assert torch.equal(run(INCModelForSeq2SeqLM.from_pretrained(tmp_path / "sharded"), inputs), run(model, inputs))
+
+
+def test_corrupt_safetensors_is_named(int8_dir):
+    (int8_dir / "model.safetensors").write_bytes(b"\x13\x00\x00\x00\x00\x00\x00\x00not a safetensors header")
+    with pytest.raises(CheckpointError, match=r"model.safetensors is not a readable safetensors file"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_truncated_safetensors_is_named(int8_dir):
+    data = (int8_dir / "model.safetensors").read_bytes()
+    (int8_dir / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model.safetensors is not a readable safetensors file.*truncated"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_manifest_naming_a_missing_module(int8_dir):
+    _edit_config(int8_dir, lambda q: q["manifest"]["int8_modules"].append("model.decoder.layers.7.fc1"))
+    with pytest.raises(ValueError, match=r"manifest.int8_modules names 'model.decoder.layers.7.fc1'"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_missing_manifest(int8_dir):
+    _edit_config(int8_dir, lambda q: q.update(manifest=None))
+    with pytest.raises(CheckpointError, match="quantization_config.manifest is missing"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_shape_mismatch_between_manifest_and_weights(int8_dir):
+    key = "model.encoder.layers.0.fc1.weight_int8"
+    _edit_tensors(int8_dir, lambda t: t.update({key: t[key][:, :16].contiguous()}))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors: tensor '{key}' is I8 \[64, 16\].*require I8 \[64, 32\]"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_dtype_mismatch_between_manifest_and_weights(int8_dir):
+    key = "model.encoder.layers.1.fc2.weight_scale"
+    _edit_tensors(int8_dir, lambda t: t.update({key: t[key].half()}))
+    with pytest.raises(CheckpointError, match=rf"tensor '{key}' is F16 \[32\].*require F32 \[32\]"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_int8_tensor_missing_from_the_files(int8_dir):
+    key = "model.decoder.layers.0.fc1.weight_scale"
+    _edit_tensors(int8_dir, lambda t: t.pop(key))
+    with pytest.raises(CheckpointError, match=rf"lists 'model.decoder.layers.0.fc1' as int8, but no checkpoint file has tensor '{key}'"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_int8_tensor_not_listed_in_the_manifest(int8_dir):
+    _edit_config(int8_dir, lambda q: q["manifest"]["int8_modules"].remove("model.decoder.layers.1.fc2"))
+    with pytest.raises(CheckpointError, match=r"'model.decoder.layers.1.fc2.weight_int8' is int8, but the manifest"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_pickled_weights_are_refused(int8_dir):
+    torch.save(load_file(int8_dir / "model.safetensors"), int8_dir / "pytorch_model.bin")
+    (int8_dir / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"pytorch_model.bin: optimum-int8 checkpoints are safetensors only"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_failed_save_leaves_the_previous_directory_intact(int8_dir, monkeypatch):
+    model = INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+    before = {p.name: p.read_bytes() for p in int8_dir.iterdir()}
+
+    def fail_midway(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("transformers.modeling_utils.safe_save_file", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(int8_dir)
+    assert {p.name: p.read_bytes() for p in int8_dir.iterdir()} == before
+    assert sorted(p.name for p in int8_dir.parent.iterdir()) == ["bart-fp32", "int8"]
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(int8_dir.parent / "new")
+    assert not (int8_dir.parent / "new").exists()
+
+
+def test_saving_over_a_directory_keeps_other_files_and_drops_stale_shards(tmp_path, int8_dir):
+    model = INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+    target = tmp_path / "out"
+    model.save_pretrained(target, max_shard_size="20KB")
+    (target / "tokenizer.json").write_text("{}")
+    model.save_pretrained(target)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_saving_to_a_file_path_is_an_error(tmp_path, int8_dir):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="exists and is a file"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir).save_pretrained(tmp_path / "file")
