@@ -53,11 +53,14 @@ def _expect(headers, key, dtype, shape, manifest_source):
         )
 
 
-def validate_int8_tensors(headers, int8_shapes: dict[str, tuple[int, int]], manifest_source: str) -> None:
-    """Check every int8 module of the manifest against the files, and every int8 tensor against the manifest.
+def validate_int8_tensors(headers, int8_shapes: dict, listed_int8_modules, manifest_source: str) -> None:
+    """Check the int8 modules being loaded against the files, and every int8 tensor against the manifest.
 
-    ``int8_shapes`` maps module name to (out_features, in_features, has_bias) from the model architecture.
+    ``int8_shapes`` maps checkpoint module name to (out_features, in_features, has_bias) from the model
+    architecture; ``listed_int8_modules`` is the manifest's whole list (it may name head modules that
+    a base model being loaded does not have).
     """
+    listed_int8_modules = set(listed_int8_modules)
     for name, (out_features, in_features, has_bias) in int8_shapes.items():
         _expect(headers, name + INT8_SUFFIX, "I8", [out_features, in_features], manifest_source)
         _expect(headers, name + SCALE_SUFFIX, "F32", [out_features], manifest_source)
@@ -69,7 +72,7 @@ def validate_int8_tensors(headers, int8_shapes: dict[str, tuple[int, int]], mani
                 f"{manifest_source} lists as int8; the file and config.json do not belong together."
             )
     for key, (path, _, _) in headers.items():
-        if key.endswith(INT8_SUFFIX) and key[: -len(INT8_SUFFIX)] not in int8_shapes:
+        if key.endswith(INT8_SUFFIX) and key[: -len(INT8_SUFFIX)] not in listed_int8_modules:
             raise CheckpointError(
                 f"{path}: tensor {key!r} is int8, but the manifest in {manifest_source} does not list "
                 f"{key[: -len(INT8_SUFFIX)]!r} in int8_modules."

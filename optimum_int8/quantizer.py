@@ -6,6 +6,7 @@ checkpoints (pre-quantized) or quantizes fp32 weights while they load (``quantiz
 """
 
 import copy
+import dataclasses
 import os
 import types
 
@@ -109,20 +110,28 @@ class Int8HfQuantizer(HfQuantizer):
             raise CheckpointError(
                 f"{MANIFEST_SOURCE} is missing: a pre-quantized optimum-int8 checkpoint must list its int8 modules."
             )
-        linear_modules.check_module_names(manifest.int8_modules, linears, f"{MANIFEST_SOURCE}.int8_modules")
-        linear_modules.check_module_names(manifest.fallback_modules, linears, f"{MANIFEST_SOURCE}.fallback_modules")
+        to_model_name = _checkpoint_to_model_names(model, linears, [*manifest.int8_modules, *manifest.fallback_modules])
+        int8_modules = {name: to_model_name[name] for name in manifest.int8_modules if name in to_model_name}
+        fallback_modules = {to_model_name[n]: d for n, d in manifest.fallback_modules.items() if n in to_model_name}
+        linear_modules.check_module_names(int8_modules.values(), linears, f"{MANIFEST_SOURCE}.int8_modules")
+        linear_modules.check_module_names(fallback_modules, linears, f"{MANIFEST_SOURCE}.fallback_modules")
         shapes = {}
-        for name in manifest.int8_modules:
+        for checkpoint_name, name in int8_modules.items():
             out_features, in_features = _out_in(linears[name])
-            shapes[name] = (out_features, in_features, linears[name].bias is not None)
+            shapes[checkpoint_name] = (out_features, in_features, linears[name].bias is not None)
         if checkpoint_files:
-            validate_int8_tensors(read_tensor_headers(checkpoint_files), shapes, MANIFEST_SOURCE)
+            validate_int8_tensors(read_tensor_headers(checkpoint_files), shapes, manifest.int8_modules, MANIFEST_SOURCE)
         with torch.device("meta"):
-            for name, (out_features, in_features, has_bias) in shapes.items():
+            for checkpoint_name, name in int8_modules.items():
+                out_features, in_features, has_bias = shapes[checkpoint_name]
                 model.set_submodule(name, Int8DynamicLinear(in_features, out_features, bias=has_bias))
-        linear_modules.untie_modules(model, manifest.int8_modules)
-        self._int8_modules = list(manifest.int8_modules)
+        self._int8_modules = list(int8_modules.values())
+        linear_modules.untie_modules(model, self._int8_modules)
         self._checkpoint_files = [os.path.realpath(path) for path in checkpoint_files]
+        if int8_modules != {name: name for name in manifest.int8_modules} or len(fallback_modules) != len(manifest.fallback_modules):
+            self.quantization_config.manifest = dataclasses.replace(
+                manifest, int8_modules=self._int8_modules, fallback_modules=fallback_modules
+            )
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         if self.pre_quantized or not param_name.endswith(".weight"):
@@ -176,6 +185,23 @@ class Int8HfQuantizer(HfQuantizer):
     @property
     def is_trainable(self):
         return False
+
+
+def _checkpoint_to_model_names(model, linears, checkpoint_names) -> dict[str, str]:
+    """Map manifest module names to this model's names across the base-model prefix, as transformers does.
+
+    A task checkpoint loaded into its base model (``INCModel``) has names under ``base_model_prefix``
+    and head modules the base model lacks (those are dropped); a base checkpoint loaded into a task
+    model lacks the prefix. Names that match neither way are kept, so validation can reject them.
+    """
+    prefix = f"{model.base_model_prefix}." if model.base_model_prefix else None
+    if prefix is None or any(name in linears for name in checkpoint_names):
+        return {name: name for name in checkpoint_names}
+    if any(name.startswith(prefix) for name in checkpoint_names):
+        return {name: name[len(prefix):] for name in checkpoint_names if name.startswith(prefix)}
+    if any(prefix + name in linears for name in checkpoint_names):
+        return {name: prefix + name for name in checkpoint_names}
+    return {name: name for name in checkpoint_names}
 
 
 def _out_in(module) -> tuple[int, int]:
