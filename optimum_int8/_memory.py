@@ -1,31 +1,47 @@
-"""Give file-backed pages back to the page cache after weights were copied out of an mmap'd checkpoint."""
+"""Give file-backed pages back to the page cache after weights were copied out of an mmap'd checkpoint.
+
+safetensors loads zero-copy from an mmap: int8 tensors are views of the file until they are packed
+into the kernel's format. Packing reads (and so maps in) those pages, which would then count in our
+resident set next to the packed copy. Paging them out right after each module is packed keeps peak
+memory near the int8 size. Only ranges inside file-backed mappings of the checkpoint files are
+touched, so anonymous memory is never affected; paged-out file pages are simply re-read if needed.
+"""
 
 import ctypes
 import ctypes.util
+import mmap
 import sys
+
+import torch
 
 _MADV_PAGEOUT = 21
 
 
-def _file_backed_ranges(path_suffix: str):
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[5].strip().endswith(path_suffix):
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                yield start, end
+class FilePageReleaser:
+    """Pages out the parts of mmap'd checkpoint files that given tensors occupy."""
 
+    def __init__(self, paths):
+        self._ranges = []
+        self._libc = None
+        if not sys.platform.startswith("linux") or not paths:
+            return
+        suffixes = tuple(str(path) for path in paths)
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].strip().endswith(suffixes):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    self._ranges.append((start, end))
+        if self._ranges:
+            self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
-def release_file_pages(paths) -> None:
-    """Ask the kernel to drop this process's resident pages of the given mmap'd files.
-
-    safetensors loads zero-copy from an mmap; once the int8 tensors are packed into the kernel's format,
-    the file pages are dead weight in our resident set. Only file-backed mappings of those exact files
-    are touched, so no anonymous memory can be lost. A no-op off Linux or on kernels without PAGEOUT.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    for path in paths:
-        for start, end in _file_backed_ranges(str(path)):
-            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT)
+    def release(self, tensor: torch.Tensor | None) -> None:
+        if self._libc is None or tensor is None or tensor.device.type != "cpu":
+            return
+        begin = tensor.data_ptr()
+        end = begin + tensor.untyped_storage().nbytes()
+        for range_start, range_end in self._ranges:
+            start = max(begin, range_start) // mmap.PAGESIZE * mmap.PAGESIZE
+            stop = min(end, range_end)
+            if start < stop:
+                self._libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(stop - start), _MADV_PAGEOUT)

@@ -25,7 +25,7 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils import logging
 
 from . import linear_modules
-from ._memory import release_file_pages
+from ._memory import FilePageReleaser
 from .checkpoint import CheckpointError, atomic_save_pretrained, read_tensor_headers, validate_int8_tensors
 from .configuration import QUANT_METHOD, FallbackManifest, Int8Config
 from .nn import Int8DynamicLinear, kernels
@@ -59,6 +59,7 @@ class QuantizeWeightOnLoad(ConversionOps):
         float_module = model.get_submodule(module_name)
         weight = tensor.t() if isinstance(float_module, Conv1D) else tensor
         model.set_submodule(module_name, Int8DynamicLinear.from_weight(weight, float_module.bias))
+        self.hf_quantizer.file_page_releaser().release(tensor)
         if missing_keys is not None:
             missing_keys.discard(full_layer_name)
         return {}
@@ -74,6 +75,7 @@ class Int8HfQuantizer(HfQuantizer):
         self._int8_modules: list[str] = []
         self._fp32_modules: list[str] = []
         self._checkpoint_files: list[str] = []
+        self._releaser: FilePageReleaser | None = None
 
     def validate_environment(self, device_map=None, **kwargs):
         kernels.check_available()
@@ -91,6 +93,7 @@ class Int8HfQuantizer(HfQuantizer):
         linears = linear_modules.find_float_linears(model)
         if not linears:
             raise ValueError(f"{type(model).__name__} has no nn.Linear or Conv1D modules: there is nothing to quantize to int8.")
+        self._checkpoint_files = [os.path.realpath(path) for path in checkpoint_files or []]
         if self.pre_quantized:
             self._prepare_int8_skeleton(model, linears, checkpoint_files or [])
         else:
@@ -127,11 +130,16 @@ class Int8HfQuantizer(HfQuantizer):
                 model.set_submodule(name, Int8DynamicLinear(in_features, out_features, bias=has_bias))
         self._int8_modules = list(int8_modules.values())
         linear_modules.untie_modules(model, self._int8_modules)
-        self._checkpoint_files = [os.path.realpath(path) for path in checkpoint_files]
         if int8_modules != {name: name for name in manifest.int8_modules} or len(fallback_modules) != len(manifest.fallback_modules):
             self.quantization_config.manifest = dataclasses.replace(
                 manifest, int8_modules=self._int8_modules, fallback_modules=fallback_modules
             )
+
+    def file_page_releaser(self) -> FilePageReleaser:
+        """Built on first use, once transformers has mmap'd the checkpoint files."""
+        if self._releaser is None:
+            self._releaser = FilePageReleaser(self._checkpoint_files)
+        return self._releaser
 
     def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
         if self.pre_quantized or not param_name.endswith(".weight"):
@@ -146,7 +154,6 @@ class Int8HfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model, **kwargs):
         if self.pre_quantized:
             self._pack_loaded_modules(model)
-            release_file_pages(self._checkpoint_files)
         else:
             self._quantize_remaining(model)
             self.quantization_config.manifest = FallbackManifest(
@@ -157,7 +164,8 @@ class Int8HfQuantizer(HfQuantizer):
         return model
 
     def _pack_loaded_modules(self, model):
-        for name in self._int8_modules:
+        releaser = self.file_page_releaser()
+        for name in tqdm(self._int8_modules, desc="Packing int8 weights", unit="module", leave=False):
             module = model.get_submodule(name)
             for tensor_name, tensor in (("weight_int8", module.weight_int8), ("weight_scale", module.weight_scale), ("bias", module.bias)):
                 if tensor is not None and (tensor.is_meta or not getattr(tensor, "_is_hf_initialized", False)):
@@ -165,7 +173,10 @@ class Int8HfQuantizer(HfQuantizer):
                         f"tensor {name}.{tensor_name} was not loaded from the checkpoint files; "
                         f"the weights do not match {MANIFEST_SOURCE}."
                     )
+            loaded = (module.weight_int8, module.weight_scale)
             module.pack()
+            for tensor in loaded:
+                releaser.release(tensor)
 
     def _quantize_remaining(self, model):
         linears = linear_modules.find_float_linears(model)
