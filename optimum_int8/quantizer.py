@@ -130,10 +130,10 @@ class Int8HfQuantizer(HfQuantizer):
                 model.set_submodule(name, Int8DynamicLinear(in_features, out_features, bias=has_bias))
         self._int8_modules = list(int8_modules.values())
         linear_modules.untie_modules(model, self._int8_modules)
-        if int8_modules != {name: name for name in manifest.int8_modules} or len(fallback_modules) != len(manifest.fallback_modules):
-            self.quantization_config.manifest = dataclasses.replace(
-                manifest, int8_modules=self._int8_modules, fallback_modules=fallback_modules
-            )
+        # In this model's names, so that a re-save writes a manifest that matches its tensors.
+        self.quantization_config.manifest = dataclasses.replace(
+            manifest, int8_modules=self._int8_modules, fallback_modules=fallback_modules
+        )
 
     def file_page_releaser(self) -> FilePageReleaser:
         """Built on first use, once transformers has mmap'd the checkpoint files."""
