@@ -14,7 +14,7 @@ from .modeling import (
     INCModelForSequenceClassification,
     INCModelForTokenClassification,
 )
-from .nn import Int8DynamicLinear
+from .nn import BFloat16Linear, Int8DynamicLinear
 from .quantizer import Int8HfQuantizer, quantize_model, register
 
 register()
@@ -22,6 +22,7 @@ register()
 __version__ = "0.1.0"
 
 __all__ = [
+    "BFloat16Linear",
     "FallbackManifest",
     "INCModel",
     "INCModelForCausalLM",

@@ -6,10 +6,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 
-INT8_SUFFIX = ".weight_int8"
-SCALE_SUFFIX = ".weight_scale"
 _WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
 
 
@@ -40,10 +39,13 @@ def read_tensor_headers(checkpoint_files) -> dict[str, tuple[str, str, list[int]
     return headers
 
 
-def _expect(headers, key, dtype, shape, manifest_source):
+_SAFETENSORS_DTYPES = {torch.int8: "I8", torch.float32: "F32", torch.bfloat16: "BF16"}
+
+
+def _expect(headers, key, dtype, shape, precision, manifest_source):
     if key not in headers:
         raise CheckpointError(
-            f"{manifest_source} lists {key.rsplit('.', 1)[0]!r} as int8, but no checkpoint file has tensor {key!r}."
+            f"{manifest_source} lists {key.rsplit('.', 1)[0]!r} as {precision}, but no checkpoint file has tensor {key!r}."
         )
     path, found_dtype, found_shape = headers[key]
     if found_dtype != dtype or found_shape != shape:
@@ -53,29 +55,29 @@ def _expect(headers, key, dtype, shape, manifest_source):
         )
 
 
-def validate_int8_tensors(headers, int8_shapes: dict, listed_int8_modules, manifest_source: str) -> None:
-    """Check the int8 modules being loaded against the files, and every int8 tensor against the manifest.
+def validate_module_tensors(headers, layouts: dict, listed: dict, manifest_source: str) -> None:
+    """Check the converted modules being loaded against the files, and the files against the manifest.
 
-    ``int8_shapes`` maps checkpoint module name to (out_features, in_features, has_bias) from the model
-    architecture; ``listed_int8_modules`` is the manifest's whole list (it may name head modules that
-    a base model being loaded does not have).
+    ``layouts`` maps checkpoint module name to ``(precision, {tensor suffix: (torch dtype, shape)})`` as
+    the module class and the model architecture require. ``listed`` maps each class's marker tensor
+    suffix (``"weight_int8"``, ``"weight_bf16"``) to ``(precision, module names)`` from the whole manifest,
+    which may name head modules that a base model being loaded does not have.
     """
-    listed_int8_modules = set(listed_int8_modules)
-    for name, (out_features, in_features, has_bias) in int8_shapes.items():
-        _expect(headers, name + INT8_SUFFIX, "I8", [out_features, in_features], manifest_source)
-        _expect(headers, name + SCALE_SUFFIX, "F32", [out_features], manifest_source)
-        if has_bias:
-            _expect(headers, name + ".bias", "F32", [out_features], manifest_source)
+    for name, (precision, layout) in layouts.items():
+        for suffix, (dtype, shape) in layout.items():
+            _expect(headers, f"{name}.{suffix}", _SAFETENSORS_DTYPES[dtype], list(shape), precision, manifest_source)
         if name + ".weight" in headers:
             raise CheckpointError(
                 f"{headers[name + '.weight'][0]}: holds a float {name + '.weight'!r} for a module the manifest in "
-                f"{manifest_source} lists as int8; the file and config.json do not belong together."
+                f"{manifest_source} lists as {precision}; the file and config.json do not belong together."
             )
     for key, (path, _, _) in headers.items():
-        if key.endswith(INT8_SUFFIX) and key[: -len(INT8_SUFFIX)] not in listed_int8_modules:
+        module_name, _, suffix = key.rpartition(".")
+        if suffix in listed and module_name not in listed[suffix][1]:
+            precision = listed[suffix][0]
             raise CheckpointError(
-                f"{path}: tensor {key!r} is int8, but the manifest in {manifest_source} does not list "
-                f"{key[: -len(INT8_SUFFIX)]!r} in int8_modules."
+                f"{path}: tensor {key!r} is {precision}, but the manifest in {manifest_source} does not list "
+                f"{module_name!r} as {precision}."
             )
 
 

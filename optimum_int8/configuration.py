@@ -10,7 +10,7 @@ QUANT_METHOD = "optimum_int8"
 FORMAT_VERSION = 1
 SCHEME_INT8_DYNAMIC = "int8_dynamic"
 SUPPORTED_SCHEMES = (SCHEME_INT8_DYNAMIC,)
-FALLBACK_DTYPES = ("float32",)
+FALLBACK_DTYPES = ("float32", "bfloat16")
 TOLERANCE_MODES = ("relative", "absolute")
 
 
@@ -101,11 +101,13 @@ class FallbackManifest:
 
 
 class Int8Config(QuantizationConfigMixin):
-    """Dynamic int8 quantization of every Linear module except those in ``modules_in_fp32``.
+    """Dynamic int8 quantization of every Linear module except the fallbacks kept in float.
 
     Args:
         modules_in_fp32: module names to keep in fp32, exact (``"lm_head"``) or fnmatch globs
             (``"model.decoder.layers.*.fc2"``). Every entry must match at least one Linear module.
+        modules_in_bf16: module names (or globs) to keep in bfloat16 instead: half the bytes of an fp32
+            fallback, fast on CPUs with AVX-512 BF16 or AMX. A module may not be named in both lists.
         manifest: filled in when the model is quantized; lists the exact module names. A config read
             from a checkpoint always has one.
     """
@@ -113,6 +115,7 @@ class Int8Config(QuantizationConfigMixin):
     def __init__(
         self,
         modules_in_fp32: list[str] | None = None,
+        modules_in_bf16: list[str] | None = None,
         manifest: FallbackManifest | dict | None = None,
         scheme: str = SCHEME_INT8_DYNAMIC,
         format_version: int = FORMAT_VERSION,
@@ -127,17 +130,19 @@ class Int8Config(QuantizationConfigMixin):
             )
         if scheme not in SUPPORTED_SCHEMES:
             raise ConfigError(f"quantization_config.scheme is {scheme!r}; supported schemes are {SUPPORTED_SCHEMES}")
-        if isinstance(modules_in_fp32, str) or not all(isinstance(m, str) for m in modules_in_fp32 or []):
-            raise ConfigError("modules_in_fp32 must be a list of module names (strings)")
+        for key, names in (("modules_in_fp32", modules_in_fp32), ("modules_in_bf16", modules_in_bf16)):
+            if isinstance(names, str) or not all(isinstance(m, str) for m in names or []):
+                raise ConfigError(f"{key} must be a list of module names (strings)")
         self.quant_method = QUANT_METHOD
         self.format_version = format_version
         self.scheme = scheme
         self.modules_in_fp32 = list(modules_in_fp32 or [])
+        self.modules_in_bf16 = list(modules_in_bf16 or [])
         self.manifest = FallbackManifest.from_dict(manifest, "quantization_config.manifest") if isinstance(manifest, dict) else manifest
 
     @classmethod
     def from_dict(cls, config_dict: dict, return_unused_kwargs: bool = False, **kwargs) -> "Int8Config":
-        allowed = {"quant_method", "format_version", "scheme", "modules_in_fp32", "manifest"}
+        allowed = {"quant_method", "format_version", "scheme", "modules_in_fp32", "modules_in_bf16", "manifest"}
         _check_keys("quantization_config", config_dict, allowed, {"quant_method"})
         config = cls(**config_dict)
         return (config, kwargs) if return_unused_kwargs else config
@@ -148,6 +153,7 @@ class Int8Config(QuantizationConfigMixin):
             "format_version": self.format_version,
             "scheme": self.scheme,
             "modules_in_fp32": list(self.modules_in_fp32),
+            "modules_in_bf16": list(self.modules_in_bf16),
             "manifest": self.manifest.to_dict() if self.manifest is not None else None,
         }
 

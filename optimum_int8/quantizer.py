@@ -26,9 +26,9 @@ from transformers.utils import logging
 
 from . import linear_modules
 from ._memory import FilePageReleaser
-from .checkpoint import CheckpointError, atomic_save_pretrained, read_tensor_headers, validate_int8_tensors
+from .checkpoint import CheckpointError, atomic_save_pretrained, read_tensor_headers, validate_module_tensors
 from .configuration import QUANT_METHOD, FallbackManifest, Int8Config
-from .nn import Int8DynamicLinear, kernels
+from .nn import BFloat16Linear, Int8DynamicLinear, kernels
 
 logger = logging.get_logger(__name__)
 
@@ -46,8 +46,12 @@ def _check_cpu_device_map(device_map) -> None:
         )
 
 
+CONVERTED_CLASSES = (Int8DynamicLinear, BFloat16Linear)
+_CLASS_BY_FALLBACK_DTYPE = {"bfloat16": BFloat16Linear}
+
+
 class QuantizeWeightOnLoad(ConversionOps):
-    """Quantize one fp32 Linear weight as it streams out of the checkpoint (non-pre-quantized loading)."""
+    """Convert one fp32 Linear weight (to int8, or to a bf16 fallback) as it streams out of the checkpoint."""
 
     def __init__(self, hf_quantizer: "Int8HfQuantizer"):
         self.hf_quantizer = hf_quantizer
@@ -58,7 +62,8 @@ class QuantizeWeightOnLoad(ConversionOps):
         module_name = full_layer_name.rsplit(".", 1)[0]
         float_module = model.get_submodule(module_name)
         weight = tensor.t() if isinstance(float_module, Conv1D) else tensor
-        model.set_submodule(module_name, Int8DynamicLinear.from_weight(weight, float_module.bias))
+        target_class = self.hf_quantizer.target_classes[module_name]
+        model.set_submodule(module_name, target_class.from_weight(weight, float_module.bias))
         self.hf_quantizer.file_page_releaser().release(tensor)
         if missing_keys is not None:
             missing_keys.discard(full_layer_name)
@@ -66,14 +71,15 @@ class QuantizeWeightOnLoad(ConversionOps):
 
 
 class Int8HfQuantizer(HfQuantizer):
-    """Swaps Linear modules for ``Int8DynamicLinear`` around transformers' weight loading."""
+    """Swaps Linear modules for ``Int8DynamicLinear`` (and bf16 fallbacks) around transformers' weight loading."""
 
     requires_calibration = False
 
     def __init__(self, quantization_config: Int8Config, **kwargs):
         super().__init__(copy.deepcopy(quantization_config), **kwargs)
-        self._int8_modules: list[str] = []
-        self._fp32_modules: list[str] = []
+        # Model module name -> the class it becomes: every int8 module and every bf16 fallback.
+        self.target_classes: dict[str, type] = {}
+        self._fallback_modules: dict[str, str] = {}
         self._checkpoint_files: list[str] = []
         self._releaser: FilePageReleaser | None = None
 
@@ -97,15 +103,30 @@ class Int8HfQuantizer(HfQuantizer):
         if self.pre_quantized:
             self._prepare_int8_skeleton(model, linears, checkpoint_files or [])
         else:
-            self._fp32_modules = linear_modules.resolve_module_names(
-                self.quantization_config.modules_in_fp32, linears, "Int8Config.modules_in_fp32"
-            )
-            self._int8_modules = [name for name in linears if name not in self._fp32_modules]
-            if not self._int8_modules:
-                raise ValueError(
-                    f"Int8Config.modules_in_fp32 keeps all {len(linears)} Linear modules in fp32: nothing would be int8."
-                )
+            self._plan_conversion(linears)
         return model
+
+    def _plan_conversion(self, linears):
+        config = self.quantization_config
+        fp32 = linear_modules.resolve_module_names(config.modules_in_fp32, linears, "Int8Config.modules_in_fp32")
+        bf16 = linear_modules.resolve_module_names(config.modules_in_bf16, linears, "Int8Config.modules_in_bf16")
+        both = sorted(set(fp32) & set(bf16))
+        if both:
+            raise ValueError(
+                f"Int8Config names {both} in both modules_in_fp32 and modules_in_bf16; give each module one precision."
+            )
+        fallback_dtypes = dict.fromkeys(fp32, "float32") | dict.fromkeys(bf16, "bfloat16")
+        self._fallback_modules = {name: fallback_dtypes[name] for name in linears if name in fallback_dtypes}
+        if len(self._fallback_modules) == len(linears):
+            raise ValueError(
+                f"Int8Config keeps all {len(linears)} Linear modules in float (modules_in_fp32/modules_in_bf16): "
+                "nothing would be int8."
+            )
+        self.target_classes = {
+            name: Int8DynamicLinear if name not in fallback_dtypes else _CLASS_BY_FALLBACK_DTYPE[fallback_dtypes[name]]
+            for name in linears
+            if fallback_dtypes.get(name) != "float32"
+        }
 
     def _prepare_int8_skeleton(self, model, linears, checkpoint_files):
         manifest = self.quantization_config.manifest
@@ -118,21 +139,31 @@ class Int8HfQuantizer(HfQuantizer):
         fallback_modules = {to_model_name[n]: d for n, d in manifest.fallback_modules.items() if n in to_model_name}
         linear_modules.check_module_names(int8_modules.values(), linears, f"{MANIFEST_SOURCE}.int8_modules")
         linear_modules.check_module_names(fallback_modules, linears, f"{MANIFEST_SOURCE}.fallback_modules")
-        shapes = {}
-        for checkpoint_name, name in int8_modules.items():
+        checkpoint_classes = dict.fromkeys(manifest.int8_modules, Int8DynamicLinear) | {
+            name: _CLASS_BY_FALLBACK_DTYPE[dtype]
+            for name, dtype in manifest.fallback_modules.items()
+            if dtype in _CLASS_BY_FALLBACK_DTYPE
+        }
+        targets = {name: (to_model_name[name], cls) for name, cls in checkpoint_classes.items() if name in to_model_name}
+        layouts = {}
+        for checkpoint_name, (name, cls) in targets.items():
             out_features, in_features = _out_in(linears[name])
-            shapes[checkpoint_name] = (out_features, in_features, linears[name].bias is not None)
+            layouts[checkpoint_name] = (cls.precision, cls.state_dict_layout(out_features, in_features, linears[name].bias is not None))
         if checkpoint_files:
-            validate_int8_tensors(read_tensor_headers(checkpoint_files), shapes, manifest.int8_modules, MANIFEST_SOURCE)
+            listed = {
+                cls.marker_tensor: (cls.precision, {name for name, c in checkpoint_classes.items() if c is cls})
+                for cls in CONVERTED_CLASSES
+            }
+            validate_module_tensors(read_tensor_headers(checkpoint_files), layouts, listed, MANIFEST_SOURCE)
         with torch.device("meta"):
-            for checkpoint_name, name in int8_modules.items():
-                out_features, in_features, has_bias = shapes[checkpoint_name]
-                model.set_submodule(name, Int8DynamicLinear(in_features, out_features, bias=has_bias))
-        self._int8_modules = list(int8_modules.values())
-        linear_modules.untie_modules(model, self._int8_modules)
+            for name, cls in targets.values():
+                out_features, in_features = _out_in(linears[name])
+                model.set_submodule(name, cls(in_features, out_features, bias=linears[name].bias is not None))
+        self.target_classes = dict(targets.values())
+        linear_modules.untie_modules(model, self.target_classes)
         # In this model's names, so that a re-save writes a manifest that matches its tensors.
         self.quantization_config.manifest = dataclasses.replace(
-            manifest, int8_modules=self._int8_modules, fallback_modules=fallback_modules
+            manifest, int8_modules=list(int8_modules.values()), fallback_modules=fallback_modules
         )
 
     def file_page_releaser(self) -> FilePageReleaser:
@@ -145,50 +176,54 @@ class Int8HfQuantizer(HfQuantizer):
         if self.pre_quantized or not param_name.endswith(".weight"):
             return False
         module_name = param_name[: -len(".weight")]
-        # Tied weights are quantized after loading, once transformers has tied them.
-        return module_name in self._int8_modules and param_name not in linear_modules.tied_parameter_names(model)
+        # Tied weights are converted after loading, once transformers has tied them.
+        return module_name in self.target_classes and param_name not in linear_modules.tied_parameter_names(model)
 
     def get_quantize_ops(self):
         return QuantizeWeightOnLoad(self)
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         if self.pre_quantized:
-            self._pack_loaded_modules(model)
+            self._check_and_pack_loaded_modules(model)
         else:
-            self._quantize_remaining(model)
+            self._convert_remaining(model)
             self.quantization_config.manifest = FallbackManifest(
-                int8_modules=list(self._int8_modules),
-                fallback_modules={name: "float32" for name in self._fp32_modules},
+                int8_modules=[name for name, cls in self.target_classes.items() if cls is Int8DynamicLinear],
+                fallback_modules=dict(self._fallback_modules),
             )
         model.save_pretrained = types.MethodType(atomic_save_pretrained, model)
         return model
 
-    def _pack_loaded_modules(self, model):
+    def _check_and_pack_loaded_modules(self, model):
         releaser = self.file_page_releaser()
-        for name in tqdm(self._int8_modules, desc="Packing int8 weights", unit="module", leave=False):
+        for name in tqdm(self.target_classes, desc="Packing int8 weights", unit="module", leave=False):
             module = model.get_submodule(name)
-            for tensor_name, tensor in (("weight_int8", module.weight_int8), ("weight_scale", module.weight_scale), ("bias", module.bias)):
-                if tensor is not None and (tensor.is_meta or not getattr(tensor, "_is_hf_initialized", False)):
+            layout = module.state_dict_layout(module.out_features, module.in_features, module.bias is not None)
+            loaded = [getattr(module, tensor_name) for tensor_name in layout]
+            for tensor_name, tensor in zip(layout, loaded):
+                if tensor.is_meta or not getattr(tensor, "_is_hf_initialized", False):
                     raise CheckpointError(
                         f"tensor {name}.{tensor_name} was not loaded from the checkpoint files; "
                         f"the weights do not match {MANIFEST_SOURCE}."
                     )
-            loaded = (module.weight_int8, module.weight_scale)
-            module.pack()
-            for tensor in loaded:
-                releaser.release(tensor)
+            if isinstance(module, Int8DynamicLinear):
+                module.pack()
+                for tensor in loaded:
+                    releaser.release(tensor)
 
-    def _quantize_remaining(self, model):
+    def _convert_remaining(self, model):
+        """Convert the modules not converted while streaming (tied weights, or all of them in ``quantize_model``)."""
         linears = linear_modules.find_float_linears(model)
-        for name in tqdm(self._int8_modules, desc="Quantizing Linear modules to int8", unit="module", leave=False):
+        for name, target_class in tqdm(self.target_classes.items(), desc="Quantizing Linear modules to int8", unit="module", leave=False):
             module = model.get_submodule(name)
             if name in linears:
-                model.set_submodule(name, Int8DynamicLinear.from_float(module))
-            else:
-                if module.bias is not None and module.bias.is_meta:
-                    raise CheckpointError(f"tensor {name}.bias was not found in the checkpoint being quantized.")
+                model.set_submodule(name, target_class.from_float(module))
+                continue
+            if module.bias is not None and module.bias.is_meta:
+                raise CheckpointError(f"tensor {name}.bias was not found in the checkpoint being quantized.")
+            if isinstance(module, Int8DynamicLinear):
                 module.pack()
-        linear_modules.untie_modules(model, self._int8_modules)
+        linear_modules.untie_modules(model, self.target_classes)
 
     def is_serializable(self, *args, **kwargs):
         return True

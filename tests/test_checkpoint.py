@@ -46,6 +46,37 @@ def test_format_is_safetensors_with_manifest_in_config(int8_dir):
     assert "lm_head.weight" not in keys  # fp32 lm_head stays tied to the shared embedding
 
 
+def test_bf16_fallbacks_are_stored_as_bf16_tensors(tmp_path, bart_fp32_dir):
+    config = Int8Config(modules_in_fp32=["lm_head"], modules_in_bf16=["model.decoder.layers.*.fc2"])
+    quantize_model(AutoModelForSeq2SeqLM.from_pretrained(bart_fp32_dir), config).save_pretrained(tmp_path / "int8")
+    manifest = json.loads((tmp_path / "int8" / "config.json").read_text())["quantization_config"]["manifest"]
+    assert manifest["fallback_modules"] == {
+        "model.decoder.layers.0.fc2": "bfloat16", "model.decoder.layers.1.fc2": "bfloat16", "lm_head": "float32"}
+    with safe_open(tmp_path / "int8" / "model.safetensors", framework="pt") as handle:
+        keys = set(handle.keys())
+        for name in ("model.decoder.layers.0.fc2", "model.decoder.layers.1.fc2"):
+            assert handle.get_slice(f"{name}.weight_bf16").get_dtype() == "BF16"
+            assert handle.get_slice(f"{name}.bias").get_dtype() == "BF16"
+            assert f"{name}.weight" not in keys
+
+
+def test_bf16_tensor_with_the_wrong_dtype(tmp_path, bart_fp32_dir):
+    config = Int8Config(modules_in_bf16=["model.decoder.layers.0.fc2"])
+    quantize_model(AutoModelForSeq2SeqLM.from_pretrained(bart_fp32_dir), config).save_pretrained(tmp_path / "int8")
+    key = "model.decoder.layers.0.fc2.weight_bf16"
+    _edit_tensors(tmp_path / "int8", lambda t: t.update({key: t[key].float()}))
+    with pytest.raises(CheckpointError, match=rf"tensor '{key}' is F32 \[32, 64\].*require BF16 \[32, 64\]"):
+        INCModelForSeq2SeqLM.from_pretrained(tmp_path / "int8")
+
+
+def test_bf16_tensor_not_listed_in_the_manifest(tmp_path, bart_fp32_dir):
+    config = Int8Config(modules_in_bf16=["model.decoder.layers.0.fc2"])
+    quantize_model(AutoModelForSeq2SeqLM.from_pretrained(bart_fp32_dir), config).save_pretrained(tmp_path / "int8")
+    _edit_config(tmp_path / "int8", lambda q: q["manifest"]["fallback_modules"].update({"model.decoder.layers.0.fc2": "float32"}))
+    with pytest.raises(CheckpointError, match=r"'model.decoder.layers.0.fc2.weight_bf16' is bfloat16, but the manifest"):
+        INCModelForSeq2SeqLM.from_pretrained(tmp_path / "int8")
+
+
 def test_large_models_are_sharded_like_transformers(tmp_path, bart, int8_dir):
     model = INCModelForSeq2SeqLM.from_pretrained(int8_dir)
     model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")

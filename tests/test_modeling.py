@@ -16,9 +16,13 @@ from conftest import TINY_ARCHS
 from optimum_int8 import INCModel, INCModelForMultipleChoice, INCModelForSeq2SeqLM, Int8Config, Int8DynamicLinear, quantize_model
 
 
+BF16_FALLBACK = "model.decoder.layers.1.fc2"
+
+
 @pytest.fixture
 def int8_dir(tmp_path, bart, bart_fp32_dir):
-    quantize_model(AutoModelForSeq2SeqLM.from_pretrained(bart_fp32_dir)).save_pretrained(tmp_path / "int8")
+    config = Int8Config(modules_in_bf16=[BF16_FALLBACK])
+    quantize_model(AutoModelForSeq2SeqLM.from_pretrained(bart_fp32_dir), config).save_pretrained(tmp_path / "int8")
     return tmp_path / "int8"
 
 
@@ -82,7 +86,7 @@ def test_unknown_quant_method(int8_dir):
         INCModelForSeq2SeqLM.from_pretrained(int8_dir)
 
 
-def test_without_the_plugin_every_int8_weight_is_reported_missing(int8_dir):
+def test_without_the_plugin_every_converted_weight_is_reported_missing(int8_dir):
     """What a user sees when loading our checkpoint with plain transformers and no `import optimum_int8`."""
     script = textwrap.dedent(f"""
         import json, sys
@@ -97,8 +101,10 @@ def test_without_the_plugin_every_int8_weight_is_reported_missing(int8_dir):
     assert not report["optimum_int8_imported"]
     assert "optimum_int8" in result.stderr  # transformers names the quant_method it skipped
     # lm_head is int8 too, but transformers ties it back to the shared embedding: that one is not garbage.
-    assert report["missing"] == sorted(f"{name}.weight" for name in int8_modules if name != "lm_head")
-    assert set(report["unexpected"]) == {f"{n}.{t}" for n in int8_modules for t in ("weight_int8", "weight_scale")}
+    converted = [*int8_modules, BF16_FALLBACK]
+    assert report["missing"] == sorted(f"{name}.weight" for name in converted if name != "lm_head")
+    assert set(report["unexpected"]) == {f"{n}.{t}" for n in int8_modules for t in ("weight_int8", "weight_scale")} | {
+        f"{BF16_FALLBACK}.weight_bf16"}
     assert "MISSING" in result.stderr
 
 

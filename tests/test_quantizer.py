@@ -5,7 +5,7 @@ from transformers import AutoModel, AutoModelForSeq2SeqLM, BartForConditionalGen
 from transformers.pytorch_utils import Conv1D
 
 from conftest import TINY_ARCHS, run
-from optimum_int8 import Int8Config, Int8DynamicLinear, Int8HfQuantizer, quantize_model
+from optimum_int8 import BFloat16Linear, Int8Config, Int8DynamicLinear, Int8HfQuantizer, quantize_model
 from optimum_int8.linear_modules import find_float_linears
 
 
@@ -14,11 +14,20 @@ def _fallback_for(arch):
     return next(name for name in find_float_linears(arch.build()) if ".1." in name or "layer.1" in name)
 
 
+def _bf16_fallback_for(arch):
+    """A second fallback, kept in bf16: a first-layer Linear (or Conv1D) module."""
+    return next(name for name in find_float_linears(arch.build()) if ".0." in name or "layer.0" in name)
+
+
+def _fallback_config(arch) -> Int8Config:
+    return Int8Config(modules_in_fp32=[_fallback_for(arch)], modules_in_bf16=[_bf16_fallback_for(arch)])
+
+
 def test_quantize_save_reload_is_bit_exact_through_both_loaders(arch, fp32_dir, tmp_path):
-    fallback = _fallback_for(arch)
+    fallback, bf16_fallback = _fallback_for(arch), _bf16_fallback_for(arch)
     model = arch.auto_class.from_pretrained(fp32_dir)
     expected_class = type(model)
-    qmodel = quantize_model(model, Int8Config(modules_in_fp32=[fallback]))
+    qmodel = quantize_model(model, _fallback_config(arch))
     inputs = arch.inputs()
     reference = run(qmodel, inputs)
     qmodel.save_pretrained(tmp_path / "int8")
@@ -29,14 +38,16 @@ def test_quantize_save_reload_is_bit_exact_through_both_loaders(arch, fp32_dir, 
         assert type(loaded) is expected_class
         assert torch.equal(run(loaded, inputs), reference)
         assert type(loaded.get_submodule(fallback)) in (nn.Linear, Conv1D)
+        assert isinstance(loaded.get_submodule(bf16_fallback), BFloat16Linear)
+        assert loaded.get_submodule(bf16_fallback).weight_bf16.dtype == torch.bfloat16
         manifest = loaded.config.quantization_config.manifest
-        assert manifest.fallback_modules == {fallback: "float32"}
+        assert manifest.fallback_modules == {bf16_fallback: "bfloat16", fallback: "float32"}
         assert manifest.int8_modules == [n for n, m in loaded.named_modules() if isinstance(m, Int8DynamicLinear)]
         assert manifest.int8_modules == qmodel.config.quantization_config.manifest.int8_modules
 
 
 def test_quantize_while_loading_equals_quantize_model(arch, fp32_dir):
-    config = Int8Config(modules_in_fp32=[_fallback_for(arch)])
+    config = _fallback_config(arch)
     inputs = arch.inputs()
     after = quantize_model(arch.auto_class.from_pretrained(fp32_dir), config)
     while_loading = arch.auto_class.from_pretrained(fp32_dir, quantization_config=config)
@@ -46,6 +57,8 @@ def test_quantize_while_loading_equals_quantize_model(arch, fp32_dir):
     assert all(torch.equal(after_state[key], loading_state[key]) for key in after_state)
     assert while_loading.config.quantization_config.manifest.to_dict()["int8_modules"] == \
         after.config.quantization_config.manifest.int8_modules
+    assert while_loading.config.quantization_config.manifest.fallback_modules == \
+        after.config.quantization_config.manifest.fallback_modules
 
 
 def test_int8_output_stays_close_to_fp32(arch, fp32_dir):
@@ -57,11 +70,12 @@ def test_int8_output_stays_close_to_fp32(arch, fp32_dir):
 
 
 @pytest.mark.parametrize("model_class", [BartForConditionalGeneration, T5ForConditionalGeneration])
-@pytest.mark.parametrize("lm_head_in_fp32", [False, True])
-def test_tied_lm_head_comes_back_right(model_class, lm_head_in_fp32, tmp_path):
+@pytest.mark.parametrize("lm_head_precision", ["int8", "float32", "bfloat16"])
+def test_tied_lm_head_comes_back_right(model_class, lm_head_precision, tmp_path):
     arch = TINY_ARCHS["bart" if model_class is BartForConditionalGeneration else "t5"]
     arch.build().save_pretrained(tmp_path / "fp32")
-    config = Int8Config(modules_in_fp32=["lm_head"] if lm_head_in_fp32 else [])
+    config = Int8Config(modules_in_fp32=["lm_head"] if lm_head_precision == "float32" else [],
+                        modules_in_bf16=["lm_head"] if lm_head_precision == "bfloat16" else [])
     qmodel = quantize_model(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "fp32"), config)
     inputs = arch.inputs()
     reference = run(qmodel, inputs)
@@ -70,11 +84,11 @@ def test_tied_lm_head_comes_back_right(model_class, lm_head_in_fp32, tmp_path):
 
     assert torch.equal(run(loaded, inputs), reference)
     shared = loaded.get_input_embeddings().weight
-    if lm_head_in_fp32:
+    if lm_head_precision == "float32":
         assert type(loaded.lm_head) is nn.Linear
         assert loaded.lm_head.weight is shared
     else:
-        assert isinstance(loaded.lm_head, Int8DynamicLinear)
+        assert isinstance(loaded.lm_head, Int8DynamicLinear if lm_head_precision == "int8" else BFloat16Linear)
         fp32_shared = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "fp32").get_input_embeddings().weight
         assert torch.equal(shared, fp32_shared)
         assert "lm_head" not in loaded.all_tied_weights_keys
@@ -96,6 +110,11 @@ def test_modules_in_fp32_accepts_globs():
         "model.decoder.layers.0.fc2", "model.decoder.layers.1.fc2"]
 
 
+def test_a_module_in_both_fallback_lists_is_an_error():
+    with pytest.raises(ValueError, match=r"names \['lm_head'\] in both modules_in_fp32 and modules_in_bf16"):
+        quantize_model(TINY_ARCHS["bart"].build(), Int8Config(modules_in_fp32=["lm_head"], modules_in_bf16=["lm_*"]))
+
+
 def test_unknown_fp32_module_name_is_rejected_with_a_suggestion():
     model = TINY_ARCHS["bart"].build()
     with pytest.raises(ValueError, match=r"Int8Config.modules_in_fp32: 'model.decoder.layer.0.fc2'.*Did you mean"):
@@ -105,7 +124,7 @@ def test_unknown_fp32_module_name_is_rejected_with_a_suggestion():
 
 
 def test_all_modules_excluded_is_an_error():
-    with pytest.raises(ValueError, match="keeps all .* Linear modules in fp32"):
+    with pytest.raises(ValueError, match="keeps all .* Linear modules in float"):
         quantize_model(TINY_ARCHS["bart"].build(), Int8Config(modules_in_fp32=["*"]))
 
 

@@ -43,6 +43,9 @@ class Int8DynamicLinear(nn.Module):
     float weight. ``module.weight()`` returns the dequantized fp32 weight, like ``torch.ao``'s modules.
     """
 
+    precision = "int8"
+    marker_tensor = "weight_int8"
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None):
         super().__init__()
         self.in_features = in_features
@@ -54,6 +57,14 @@ class Int8DynamicLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self._packed = None
+
+    @staticmethod
+    def state_dict_layout(out_features: int, in_features: int, has_bias: bool) -> dict:
+        """``{tensor name: (dtype, shape)}`` this module stores in a checkpoint."""
+        layout = {"weight_int8": (torch.int8, (out_features, in_features)), "weight_scale": (torch.float32, (out_features,))}
+        if has_bias:
+            layout["bias"] = (torch.float32, (out_features,))
+        return layout
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "Int8DynamicLinear":

@@ -1,12 +1,12 @@
-"""The only module that knows which CPU int8 kernels run our layers.
+"""The only module that knows which CPU kernels run our layers (int8, and bf16 fallbacks).
 
-Today that is torch's x86/fbgemm dynamic int8 GEMM (the kernel behind ``torch.ao``'s dynamic quantized
+Int8 layers run on torch's x86/fbgemm dynamic int8 GEMM (the kernel behind ``torch.ao``'s dynamic quantized
 Linear): weights are prepacked once, activations are quantized per call to uint8 with a per-tensor
 scale. On AVX2-only CPUs the ``vpmaddubsw`` instruction can saturate int16 partial sums, so weights are
 packed with ``reduce_range=True`` (7-bit activations), exactly as ``torch.ao`` does on x86.
 
 torch 2.13 deprecates ``torch.ao`` eager quantization; docs/kernels.md says what replaces these calls
-when the ops go. Nothing else in the package calls ``torch.ops.quantized`` directly.
+when the ops go. bf16 fallback modules run on torch's bf16 ``linear`` (oneDNN). Nothing else in the package calls ``torch.ops.quantized`` directly.
 """
 
 import warnings
@@ -58,6 +58,11 @@ def unpack(packed) -> tuple[torch.Tensor, torch.Tensor]:
         warnings.simplefilter("ignore")
         qweight, _ = torch.ops.quantized.linear_unpack(packed)
         return qweight.int_repr(), qweight.q_per_channel_scales().to(torch.float32)
+
+
+def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """bf16 ``x @ weight.T + bias`` for fallback modules (oneDNN's bf16 GEMM on CPUs with AVX-512 BF16/AMX)."""
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 def linear(x: torch.Tensor, packed) -> torch.Tensor:
