@@ -52,6 +52,17 @@ class TuningRecord:
     higher_is_better: bool = True
     trials: int = 0
     library_versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    # loss relative to |fp32_value| (sign: positive = int8 worse), whatever tolerance_mode is.
+    relative_loss: float | None = None
+    tolerance_met: bool | None = None
+    # full evaluations spent, the fp32 baseline included; trials counts the int8 ones.
+    evaluations: int = 0
+    # one entry per int8 trial: index, fallbacks (count), fallback_dtype, value, loss, passed, seconds.
+    trial_results: list[dict] = dataclasses.field(default_factory=list)
+    fallback_dtype: str | None = None
+    sensitivity_measure: str | None = None
+    # "search complete", "tolerance unreachable", "max_trials" or "timeout".
+    stop_reason: str | None = None
 
     def __post_init__(self):
         if self.tolerance_mode not in TOLERANCE_MODES:
