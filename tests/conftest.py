@@ -1,5 +1,12 @@
 """Tiny seeded transformers models, built from configs and saved through the real save_pretrained."""
 
+import hub_server
+
+# huggingface_hub reads its endpoint when first imported (transformers imports it): point it at the
+# loopback test Hub now. The server only accepts connections inside the `hub` fixture (test_hub.py).
+HUB = hub_server.HubServer(users={"alice": "hf_alice_token", "bob": "hf_bob_token"})
+HUB.configure_clients()
+
 import copy
 import dataclasses
 from pathlib import Path
