@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from . import hub, modelcard
+
 _WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
 
 
@@ -112,19 +114,23 @@ def atomic_save_pretrained(model, save_directory, *args, **kwargs):
     """``save_pretrained`` that writes into a temporary sibling directory and renames it into place.
 
     On any failure the temporary directory is removed and ``save_directory`` is left exactly as it was.
-    Bound to each quantized model as its ``save_pretrained``.
+    The directory gets the generated model card (README.md). Bound to each quantized model as its
+    ``save_pretrained``; ``push_to_hub=True`` saves and pushes through ``optimum_int8.hub.push_to_hub``.
     """
     target = Path(save_directory).absolute()
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"save_pretrained: {target} exists and is a file; pass a directory path.")
-    if kwargs.get("push_to_hub"):
-        kwargs.setdefault("repo_id", target.name)
+    if kwargs.pop("push_to_hub", False):
+        push_kwargs = {key: kwargs.pop(key) for key in hub.PUSH_KEYWORDS if key in kwargs}
+        return hub.push_to_hub(model, push_kwargs.pop("repo_id", target.name), save_directory=target, save_args=args,
+                               save_kwargs=kwargs, **push_kwargs)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         if target.is_dir():
             _carry_over(target, staging)
         type(model).save_pretrained(model, staging, *args, **kwargs)
+        modelcard.write_model_card(model, staging, repo_id=target.name)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)

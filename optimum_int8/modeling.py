@@ -21,6 +21,7 @@ from transformers import (
 from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
 
 from .configuration import QUANT_METHOD
+from .hub import translate_hub_errors
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -64,7 +65,8 @@ class _INCLoaderMixin:
         while loading if ``quantization_config=Int8Config(...)`` is passed.
         """
         check_local_checkpoint(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        with translate_hub_errors(pretrained_model_name_or_path, revision=kwargs.get("revision"), token=kwargs.get("token")):
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
         if getattr(loaded, "quantization_method", None) != QUANT_METHOD:
             warnings.warn(

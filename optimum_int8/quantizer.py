@@ -28,6 +28,7 @@ from . import linear_modules
 from ._memory import FilePageReleaser
 from .checkpoint import CheckpointError, atomic_save_pretrained, read_tensor_headers, validate_module_tensors
 from .configuration import QUANT_METHOD, FallbackManifest, Int8Config
+from .hub import push_to_hub
 from .nn import BFloat16Linear, Int8DynamicLinear, kernels
 
 logger = logging.get_logger(__name__)
@@ -192,6 +193,7 @@ class Int8HfQuantizer(HfQuantizer):
                 fallback_modules=dict(self._fallback_modules),
             )
         model.save_pretrained = types.MethodType(atomic_save_pretrained, model)
+        model.push_to_hub = types.MethodType(push_to_hub, model)
         return model
 
     def _check_and_pack_loaded_modules(self, model):

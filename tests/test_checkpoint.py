@@ -33,7 +33,7 @@ def _edit_tensors(directory: Path, edit) -> None:
 
 
 def test_format_is_safetensors_with_manifest_in_config(int8_dir):
-    assert sorted(p.name for p in int8_dir.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(p.name for p in int8_dir.iterdir()) == ["README.md", "config.json", "generation_config.json", "model.safetensors"]
     config = json.loads((int8_dir / "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "optimum_int8" and config["scheme"] == "int8_dynamic"
     assert config["manifest"]["fallback_modules"] == {"lm_head": "float32"}
@@ -171,7 +171,9 @@ def test_saving_over_a_directory_keeps_other_files_and_drops_stale_shards(tmp_pa
     model.save_pretrained(target, max_shard_size="20KB")
     (target / "tokenizer.json").write_text("{}")
     model.save_pretrained(target)
-    assert sorted(p.name for p in target.iterdir()) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        "README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json"
+    ]
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o777 & ~umask
