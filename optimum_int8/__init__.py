@@ -15,6 +15,7 @@ from .modeling import (
     INCModelForTokenClassification,
 )
 from .nn import BFloat16Linear, Int8DynamicLinear
+from .pipelines import pipeline
 from .quantizer import Int8HfQuantizer, quantize_model, register
 
 register()
@@ -36,5 +37,6 @@ __all__ = [
     "Int8DynamicLinear",
     "Int8HfQuantizer",
     "TuningRecord",
+    "pipeline",
     "quantize_model",
 ]
