@@ -1,6 +1,8 @@
 """Quantized and reduced-precision modules; ``kernels`` is the only place that knows the CPU int8 ops."""
 
 from .bf16_linear import BFloat16Linear
+from .int8_embedding import Int8Embedding
 from .int8_linear import Int8DynamicLinear
+from .int8_static_linear import StaticInt8Linear
 
-__all__ = ["BFloat16Linear", "Int8DynamicLinear"]
+__all__ = ["BFloat16Linear", "Int8DynamicLinear", "Int8Embedding", "StaticInt8Linear"]

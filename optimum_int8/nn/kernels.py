@@ -6,7 +6,9 @@ scale. On AVX2-only CPUs the ``vpmaddubsw`` instruction can saturate int16 parti
 packed with ``reduce_range=True`` (7-bit activations), exactly as ``torch.ao`` does on x86.
 
 torch 2.13 deprecates ``torch.ao`` eager quantization; docs/kernels.md says what replaces these calls
-when the ops go. bf16 fallback modules run on torch's bf16 ``linear`` (oneDNN). Nothing else in the package calls ``torch.ops.quantized`` directly.
+when the ops go. bf16 fallback modules run on torch's bf16 ``linear`` (oneDNN). Legacy INC checkpoints
+also need ``torch.ao``'s uint8 embedding lookup and its static int8 Linear (``nn.Int8Embedding``,
+``nn.StaticInt8Linear``). Nothing else in the package calls ``torch.ops.quantized`` directly.
 """
 
 import warnings
@@ -60,6 +62,13 @@ def unpack(packed) -> tuple[torch.Tensor, torch.Tensor]:
         return qweight.int_repr(), qweight.q_per_channel_scales().to(torch.float32)
 
 
+def unpack_bias(packed) -> torch.Tensor | None:
+    """The fp32 bias a packed weight carries (None if it has none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ops.quantized.linear_unpack(packed)[1]
+
+
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """bf16 ``x @ weight.T + bias`` for fallback modules (oneDNN's bf16 GEMM on CPUs with AVX-512 BF16/AMX)."""
     return torch.nn.functional.linear(x, weight, bias)
@@ -68,3 +77,29 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 def linear(x: torch.Tensor, packed) -> torch.Tensor:
     """fp32 ``x @ W.T + b`` with W int8 and x quantized dynamically (per tensor) inside the kernel."""
     return torch.ops.quantized.linear_dynamic(x, packed, REDUCE_RANGE)
+
+
+def pack_embedding(weight_uint8: torch.Tensor, row_scale: torch.Tensor, row_zero_point: torch.Tensor):
+    """Prepack a uint8 [rows, dim] embedding table with per-row fp32 scales and float zero points.
+
+    The layout of ``torch.ao``'s quantized ``nn.Embedding`` (``per_channel_affine_float_qparams``).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qweight = torch._make_per_channel_quantized_tensor(weight_uint8, row_scale.double(), row_zero_point.float(), 0)
+        return torch.ops.quantized.embedding_bag_prepack(qweight)
+
+
+def embedding(indices: torch.Tensor, packed) -> torch.Tensor:
+    """fp32 rows of a packed uint8 table (the kernel needs contiguous indices)."""
+    return torch.ops.quantized.embedding_byte(packed, indices.contiguous())
+
+
+def static_linear(x: torch.Tensor, packed, input_scale: torch.Tensor, input_zero_point: torch.Tensor,
+                  output_scale: float, output_zero_point: int) -> torch.Tensor:
+    """``torch.ao`` static int8 Linear as FX-quantized graphs ran it: quantize the input with calibrated
+    uint8 qparams, int8 GEMM with the output requantized to uint8, then dequantize to fp32."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qx = torch.quantize_per_tensor(x, input_scale, input_zero_point, torch.quint8)
+        return torch.ops.quantized.linear(qx, packed, output_scale, output_zero_point).dequantize()

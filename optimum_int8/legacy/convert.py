@@ -1,0 +1,97 @@
+"""Rewrite a legacy INC int8 checkpoint in optimum-int8's safetensors format."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import transformers
+from torch import nn
+from ..nn import Int8DynamicLinear, StaticInt8Linear
+from .builder import architecture_class, build_legacy_model
+from .reader import LegacyCheckpointError, download_kwargs, find_legacy_checkpoint, read_legacy_checkpoint, resolve_file
+
+# Tokenizer and preprocessing files transformers reads beside a model; copied verbatim when present.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "source.spm",
+    "target.spm", "bpe.codes", "preprocessor_config.json",
+)
+
+
+def static_to_dynamic(model: nn.Module) -> list[str]:
+    """Swap every ``StaticInt8Linear`` for an ``Int8DynamicLinear`` with the same int8 weights; their names."""
+    names = [name for name, module in model.named_modules() if isinstance(module, StaticInt8Linear)]
+    for name in names:
+        static = model.get_submodule(name)
+        weight_int8, weight_scale, bias = static.int8_weights()
+        dynamic = Int8DynamicLinear(static.in_features, static.out_features, bias=bias is not None)
+        dynamic.weight_int8, dynamic.weight_scale = weight_int8, weight_scale
+        if bias is not None:
+            dynamic.bias = nn.Parameter(bias, requires_grad=False)
+        dynamic.pack()
+        model.set_submodule(name, dynamic)
+    return names
+
+
+def _check_destination(destination: Path) -> None:
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise FileExistsError(f"{destination} exists and is not an empty directory; convert into a new directory.")
+
+
+def convert_legacy_checkpoint(source, destination, *, static_as_dynamic: bool = False, **kwargs) -> Path:
+    """Rewrite the legacy INC checkpoint at ``source`` (directory or Hub repo id) in optimum-int8's format.
+
+    ``destination`` gets ``model.safetensors`` + ``config.json`` (with the manifest), the generation config
+    and the tokenizer files; it is written in a temporary sibling directory and renamed into place, so a
+    failure leaves nothing behind. The converted model's outputs equal the legacy-loaded model's bit for
+    bit: uint8 embeddings are stored as the exact fp32 rows the kernel looks up (the format has no int8
+    embeddings). Static int8 checkpoints need ``static_as_dynamic=True``: the same int8 weights with
+    activations quantized per call, which changes outputs slightly. ``kwargs`` go to ``from_pretrained``
+    (``revision``, ``cache_dir``, ``token``, ...).
+    """
+    destination = Path(destination).expanduser().absolute()
+    _check_destination(destination)
+    weights_file = find_legacy_checkpoint(source, kwargs)
+    if weights_file is None:
+        raise LegacyCheckpointError(
+            f"{source} is not a legacy INC int8 checkpoint: its config.json has no \"torch_dtype\": \"int8\" and it "
+            "has no inc_config.json. optimum-int8 checkpoints and fp32 models need no conversion."
+        )
+    checkpoint = read_legacy_checkpoint(source, weights_file, kwargs)
+    model_class = architecture_class(checkpoint.config.get("architectures"))
+    if model_class is None:
+        raise LegacyCheckpointError(
+            f"{source}: config.json architectures {checkpoint.config.get('architectures')!r} names no transformers "
+            f"{transformers.__version__} model class, so the converter cannot tell which head to keep. Load it with "
+            "the INCModelFor<Task> class of its task and call save_pretrained instead."
+        )
+    model = build_legacy_model(checkpoint, model_class, **kwargs)
+    if any(isinstance(module, StaticInt8Linear) for module in model.modules()):
+        if not static_as_dynamic:
+            raise LegacyCheckpointError(
+                f"{source} is a static int8 checkpoint (calibrated activation scales); optimum-int8's format stores "
+                "dynamic int8 only. Pass static_as_dynamic=True (--static-as-dynamic) to keep its int8 weights and "
+                "quantize activations per call: outputs then differ slightly from the legacy model's."
+            )
+        converted = static_to_dynamic(model)
+        model.config.quantization_config.manifest.created_with["legacy-static-as-dynamic"] = f"{len(converted)} modules"
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=destination.parent))
+    try:
+        type(model).save_pretrained(model, staging)
+        hub_kwargs = download_kwargs(kwargs)
+        for name in TOKENIZER_FILES:
+            path = resolve_file(source, name, hub_kwargs)
+            if path is not None:
+                shutil.copyfile(path, staging / name)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        if destination.exists():
+            destination.rmdir()
+        os.rename(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
