@@ -1,0 +1,67 @@
+"""``TuningConfig``: what accuracy-aware tuning aims for and what it may spend."""
+
+import dataclasses
+from collections.abc import Callable
+
+from ..configuration import TOLERANCE_MODES
+
+FALLBACK_DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+
+
+@dataclasses.dataclass
+class TuningConfig:
+    """Accuracy goal and budget of a tuning run.
+
+    Args:
+        metric: a built-in metric of the task (``"rougeLsum"``, ``"accuracy"``, ``"perplexity"``, ...), an
+            ``evaluate`` metric object, or a callable ``metric(predictions=..., references=...)``; with a
+            user ``eval_fn``, just the name to record (default: the eval_fn's name).
+        tolerable_loss: the largest acceptable loss of int8 against fp32.
+        tolerance_mode: ``"relative"`` (loss / |fp32 value|) or ``"absolute"`` (in metric units).
+        higher_is_better: direction of the metric; ``None`` infers it (perplexity and loss: lower).
+        max_trials: most int8 evaluations (fp32 baseline not counted); ``None``: the search budget,
+            ceil(log2(#Linear)) + 3.
+        timeout: seconds for the whole run, checked between trials (a running trial is finished).
+        fallback_dtype: precision of modules kept in float. ``"auto"`` searches with fp32 fallbacks and,
+            on a CPU with native bf16 (AVX-512 BF16 / AMX), spends one more trial to try them in bf16
+            and keeps bf16 if it still meets the tolerance. ``"float32"`` / ``"bfloat16"`` force one.
+        calibration_samples: dataset rows used once to rank modules by sensitivity.
+        metric_key: the entry of a user metric's result dict to tune on.
+        verbose: show neural-compressor's own logs (per-trial tables).
+    """
+
+    metric: str | Callable | None = None
+    tolerable_loss: float = 0.01
+    tolerance_mode: str = "relative"
+    higher_is_better: bool | None = None
+    max_trials: int | None = None
+    timeout: float | None = None
+    fallback_dtype: str = "auto"
+    calibration_samples: int = 8
+    metric_key: str | None = None
+    verbose: bool = False
+
+    def __post_init__(self):
+        if self.tolerance_mode not in TOLERANCE_MODES:
+            raise ValueError(f"TuningConfig.tolerance_mode must be one of {TOLERANCE_MODES}, got {self.tolerance_mode!r}")
+        if not self.tolerable_loss >= 0:
+            raise ValueError(f"TuningConfig.tolerable_loss must be >= 0, got {self.tolerable_loss!r}")
+        if self.max_trials is not None and self.max_trials < 1:
+            raise ValueError(f"TuningConfig.max_trials must be >= 1 (or None for the search budget), got {self.max_trials}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"TuningConfig.timeout must be a positive number of seconds, got {self.timeout}")
+        if self.fallback_dtype not in FALLBACK_DTYPE_CHOICES:
+            raise ValueError(f"TuningConfig.fallback_dtype must be one of {FALLBACK_DTYPE_CHOICES}, got {self.fallback_dtype!r}")
+        if self.calibration_samples < 1:
+            raise ValueError(f"TuningConfig.calibration_samples must be >= 1, got {self.calibration_samples}")
+
+    def loss(self, fp32_value: float, value: float, higher_is_better: bool) -> float:
+        """How much worse ``value`` is than ``fp32_value`` in this config's mode (negative: better)."""
+        worse_by = fp32_value - value if higher_is_better else value - fp32_value
+        if self.tolerance_mode == "absolute":
+            return worse_by
+        if fp32_value == 0:
+            raise ValueError(
+                "the fp32 metric value is 0, so a relative loss is undefined; use tolerance_mode='absolute'."
+            )
+        return worse_by / abs(fp32_value)

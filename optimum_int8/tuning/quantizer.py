@@ -1,0 +1,213 @@
+"""``INCQuantizer``: quantize a transformers model to int8, optionally tuned to an accuracy goal, and save it."""
+
+import copy
+import functools
+import importlib.metadata
+import logging
+import warnings
+from pathlib import Path
+
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from .. import linear_modules
+from ..configuration import Int8Config, TuningRecord, library_versions
+from ..evaluation import TaskEvaluator, higher_is_better, normalize_task
+from ..quantizer import quantize_model
+from . import sensitivity
+from .config import TuningConfig
+from .driver import AutotuneDriver, SearchOutcome
+
+logger = logging.getLogger(__name__)
+
+TASK_AUTO_CLASSES = {
+    "text-classification": AutoModelForSequenceClassification,
+    "token-classification": AutoModelForTokenClassification,
+    "question-answering": AutoModelForQuestionAnswering,
+    "summarization": AutoModelForSeq2SeqLM,
+    "text2text-generation": AutoModelForSeq2SeqLM,
+    "text-generation": AutoModelForCausalLM,
+}
+
+
+class ToleranceNotMetWarning(UserWarning):
+    """Tuning returned its best model, which does not meet the requested tolerance."""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX-BF16), so bf16 fallbacks are fast."""
+    import cpuinfo
+
+    flags = set(cpuinfo.get_cpu_info().get("flags", []))
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def _tuning_library_versions() -> dict[str, str]:
+    versions = library_versions()
+    try:
+        versions["neural-compressor"] = importlib.metadata.version("neural-compressor")
+    except importlib.metadata.PackageNotFoundError:
+        versions["neural-compressor"] = "unknown"
+    return versions
+
+
+class INCQuantizer:
+    """Quantizes ``model`` (left unchanged) to dynamic int8, with accuracy-aware tuning when asked.
+
+    Build it with ``INCQuantizer.from_pretrained(model_or_path, task=...)`` or directly from a loaded
+    model. ``quantize`` returns the int8 model (a plain transformers model) and saves it when given a
+    ``save_directory``; a tuned model's manifest carries the ``TuningRecord``.
+    """
+
+    def __init__(self, model: PreTrainedModel, task: str | None = None, tokenizer=None):
+        if not isinstance(model, PreTrainedModel):
+            raise TypeError(f"INCQuantizer expects a transformers PreTrainedModel, got {type(model).__name__}")
+        self.model = model
+        self.task = normalize_task(task) if task is not None else None
+        self.tokenizer = tokenizer
+        self.last_outcome: SearchOutcome | None = None
+
+    @classmethod
+    def from_pretrained(cls, model_or_path, task: str | None = None, tokenizer=None, **model_kwargs) -> "INCQuantizer":
+        """From a loaded model or a model directory / repo id (loaded in fp32 with the task's Auto class)."""
+        if isinstance(model_or_path, PreTrainedModel):
+            return cls(model_or_path, task=task, tokenizer=tokenizer)
+        path = str(model_or_path)
+        auto_class = TASK_AUTO_CLASSES[normalize_task(task)] if task is not None else AutoModel
+        model = auto_class.from_pretrained(path, **model_kwargs).eval()
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(model, task=task, tokenizer=tokenizer)
+
+    def quantize(
+        self,
+        quantization_config: Int8Config | None = None,
+        tuning: TuningConfig | None = None,
+        eval_dataset=None,
+        eval_fn=None,
+        calibration_dataset=None,
+        save_directory=None,
+        columns: dict[str, str] | None = None,
+        batch_size: int = 8,
+        max_length: int = 512,
+        max_eval_samples: int | None = None,
+        generation_kwargs: dict | None = None,
+        show_progress: bool = True,
+    ) -> PreTrainedModel:
+        """Quantize; with ``tuning``, keep the fewest most-sensitive modules in float that meet the tolerance.
+
+        Args:
+            quantization_config: modules it names in ``modules_in_fp32`` / ``modules_in_bf16`` stay in
+                float in every trial; the tuner adds its fallbacks on top.
+            tuning: the accuracy goal; without it every other Linear module becomes int8, untuned.
+            eval_dataset: a ``datasets.Dataset`` or local json/jsonl/csv/tsv/parquet file, evaluated
+                with the task's built-in metric (``tuning.metric``).
+            eval_fn: instead of ``eval_dataset``, your own ``eval_fn(model) -> float``.
+            calibration_dataset: rows used to rank modules by sensitivity (default: the first
+                ``tuning.calibration_samples`` rows of ``eval_dataset``), or a list of model-input dicts.
+            save_directory: written atomically with ``save_pretrained``, tokenizer included.
+        """
+        config = copy.deepcopy(quantization_config) if quantization_config is not None else Int8Config()
+        if tuning is None:
+            qmodel = quantize_model(copy.deepcopy(self.model), config)
+        else:
+            options = dict(columns=columns, batch_size=batch_size, max_length=max_length, max_samples=max_eval_samples,
+                           generation_kwargs=generation_kwargs, show_progress=show_progress)
+            qmodel = self._tune(config, tuning, eval_dataset, eval_fn, calibration_dataset, options)
+        if save_directory is not None:
+            self.save(qmodel, save_directory)
+        return qmodel
+
+    def save(self, qmodel, save_directory) -> None:
+        """Tokenizer first, then the model's atomic save_pretrained, which carries the tokenizer files over."""
+        save_directory = Path(save_directory)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+        qmodel.save_pretrained(save_directory)
+
+    def _evaluator(self, source, tuning, **options) -> TaskEvaluator:
+        if self.task is None:
+            raise ValueError("built-in evaluation needs the task: INCQuantizer.from_pretrained(..., task='...').")
+        return TaskEvaluator(self.task, source, self.tokenizer, metric=tuning.metric, metric_key=tuning.metric_key, **options)
+
+    def _tune(self, config, tuning, eval_dataset, eval_fn, calibration_dataset, options):
+        if eval_fn is not None:
+            evaluate = eval_fn
+            metric_name = tuning.metric if isinstance(tuning.metric, str) else getattr(eval_fn, "__name__", "eval_fn")
+            direction = tuning.higher_is_better if tuning.higher_is_better is not None else higher_is_better(metric_name)
+        elif eval_dataset is not None:
+            evaluate = self._evaluator(eval_dataset, tuning, **options)
+            metric_name = evaluate.metric_name
+            direction = tuning.higher_is_better if tuning.higher_is_better is not None else evaluate.higher_is_better
+        else:
+            raise ValueError("tuning needs eval_dataset (built-in task evaluation) or eval_fn(model) -> float.")
+        batches = self._calibration_batches(tuning, calibration_dataset, eval_dataset, options)
+
+        linears = linear_modules.find_float_linears(self.model)
+        fixed = dict.fromkeys(linear_modules.resolve_module_names(config.modules_in_fp32, linears, "Int8Config.modules_in_fp32"), "float32")
+        fixed |= dict.fromkeys(linear_modules.resolve_module_names(config.modules_in_bf16, linears, "Int8Config.modules_in_bf16"), "bfloat16")
+        candidates = [name for name in linears if name not in fixed]
+        ranking = sensitivity.rank_by_sensitivity(self.model, candidates, batches, show_progress=options["show_progress"])
+
+        search_dtype = "bfloat16" if tuning.fallback_dtype == "bfloat16" else "float32"
+        driver = AutotuneDriver(
+            self.model, [name for name, _ in ranking], fixed, evaluate, tuning, direction, search_dtype=search_dtype,
+            confirm_bf16=tuning.fallback_dtype == "auto" and cpu_has_native_bf16(), show_progress=options["show_progress"],
+        )
+        outcome = driver.run()
+        self.last_outcome = outcome
+        record = self._record(outcome, tuning, metric_name, direction)
+        outcome.model.config.quantization_config.manifest.tuning = record
+        if not record.tolerance_met:
+            warnings.warn(
+                f"tuning did not meet the tolerance ({tuning.tolerance_mode} loss <= {tuning.tolerable_loss}) "
+                f"[{record.stop_reason}]; returning the best model found: {metric_name} {record.int8_value:.6g} vs fp32 "
+                f"{record.fp32_value:.6g} with {outcome.chosen.fallbacks} tuned fallback(s). The manifest records "
+                "tolerance_met=false.",
+                ToleranceNotMetWarning,
+                stacklevel=3,
+            )
+        return outcome.model
+
+    def _calibration_batches(self, tuning, calibration_dataset, eval_dataset, options) -> list[dict]:
+        if isinstance(calibration_dataset, list):
+            return calibration_dataset
+        source = calibration_dataset if calibration_dataset is not None else eval_dataset
+        if source is None:
+            raise ValueError("sensitivity ranking needs calibration_dataset (rows or a list of model-input dicts) or eval_dataset.")
+        options = options | {"max_samples": tuning.calibration_samples}
+        return self._evaluator(source, tuning, **options).calibration_inputs(tuning.calibration_samples)
+
+    @staticmethod
+    def _record(outcome: SearchOutcome, tuning: TuningConfig, metric_name: str, direction: bool) -> TuningRecord:
+        fp32_value, chosen = outcome.fp32_value, outcome.chosen
+        relative = None
+        if fp32_value != 0:
+            relative = (fp32_value - chosen.value if direction else chosen.value - fp32_value) / abs(fp32_value)
+        dtypes = {dtype for dtype in outcome.fallback_modules.values()}
+        return TuningRecord(
+            metric=metric_name,
+            fp32_value=fp32_value,
+            int8_value=chosen.value,
+            tolerance=tuning.tolerable_loss,
+            tolerance_mode=tuning.tolerance_mode,
+            higher_is_better=direction,
+            trials=len(outcome.trials),
+            library_versions=_tuning_library_versions(),
+            relative_loss=relative,
+            tolerance_met=outcome.tolerance_met,
+            evaluations=outcome.evaluations,
+            trial_results=[trial.to_dict() for trial in outcome.trials],
+            fallback_dtype=chosen.fallback_dtype if chosen.fallbacks else (dtypes.pop() if len(dtypes) == 1 else None),
+            sensitivity_measure=sensitivity.MEASURE,
+            stop_reason=outcome.stop_reason,
+        )

@@ -1,0 +1,245 @@
+"""End-to-end tuning runs with neural-compressor's autotune on tiny seeded models."""
+
+import warnings
+
+import datasets
+import pytest
+import torch
+from neural_compressor.torch.quantization import autotune as nc_autotune
+from neural_compressor.torch.utils.utility import algos_mapping
+
+import optimum_int8.tuning.driver as driver_module
+import optimum_int8.tuning.quantizer as quantizer_module
+from conftest import TINY_ARCHS
+from optimum_int8 import INCModelForSequenceClassification, Int8Config, Int8DynamicLinear
+from optimum_int8.linear_modules import find_float_linears
+from optimum_int8.tuning import INCQuantizer, ToleranceNotMetWarning, TuningConfig, evaluation_budget
+from optimum_int8.tuning.scheme import ALGO_NAME
+from word_tokenizer import word_tokenizer
+
+DEAD_CHANNEL = 5
+SENSITIVE = (
+    "bert.encoder.layer.0.intermediate.dense",
+    "bert.encoder.layer.1.attention.self.value",
+    "bert.encoder.layer.1.intermediate.dense",
+)
+
+
+def sensitive_bert():
+    """A tiny BERT where exactly ``SENSITIVE`` are wrecked by per-channel int8.
+
+    Channel ``DEAD_CHANNEL`` is zeroed by every LayerNorm, so every Linear reading the residual stream
+    sees 0 there. The sensitive modules get a huge weight in that input column: harmless in fp32 (it
+    multiplies 0) but it sets each row's int8 scale, so all their real weights round to 0. Their real
+    weights are scaled up so that what they compute dominates the output.
+    """
+    model = TINY_ARCHS["bert"].build()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight[DEAD_CHANNEL] = 0
+                module.bias[DEAD_CHANNEL] = 0
+        for name in SENSITIVE:
+            weight = model.get_submodule(name).weight
+            weight *= 20
+            weight[:, DEAD_CHANNEL] = 1e4
+    return model
+
+
+def calibration_inputs():
+    generator = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(4, 99, (8, 12), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits.flatten()
+
+
+class Fidelity:
+    """Cosine similarity of the logits to the fp32 model's (higher is better, fp32 = 1)."""
+
+    def __init__(self, model, inputs):
+        self.inputs, self.reference = inputs, logits(model, inputs)
+        self.__name__ = "logit_cosine"
+
+    def __call__(self, model) -> float:
+        return float(torch.nn.functional.cosine_similarity(logits(model, self.inputs), self.reference, dim=0))
+
+
+class LogitError(Fidelity):
+    """Relative squared error of the logits against fp32 (lower is better, fp32 = 0)."""
+
+    def __call__(self, model) -> float:
+        out = logits(model, self.inputs)
+        return float((out - self.reference).pow(2).sum() / self.reference.pow(2).sum())
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count autotune calls and our registered algorithm's applications."""
+    calls = {"autotune": 0, "algorithm": 0}
+    algorithm = algos_mapping[ALGO_NAME]
+
+    def autotune(*args, **kwargs):
+        calls["autotune"] += 1
+        return nc_autotune(*args, **kwargs)
+
+    def counted_algorithm(*args, **kwargs):
+        calls["algorithm"] += 1
+        return algorithm(*args, **kwargs)
+
+    monkeypatch.setattr(driver_module.nc_quantization, "autotune", autotune)
+    monkeypatch.setitem(algos_mapping, ALGO_NAME, counted_algorithm)
+    return calls
+
+
+def tune(model, eval_fn, **tuning_kwargs):
+    tuning_kwargs.setdefault("fallback_dtype", "float32")
+    return INCQuantizer(model).quantize(
+        tuning=TuningConfig(**tuning_kwargs), eval_fn=eval_fn, calibration_dataset=[calibration_inputs()], show_progress=False
+    )
+
+
+def test_keeps_exactly_the_sensitive_modules_in_fp32_within_the_budget(counted):
+    model = sensitive_bert()
+    qmodel = tune(model, Fidelity(model, calibration_inputs()), tolerable_loss=0.01)
+    manifest = qmodel.config.quantization_config.manifest
+    assert manifest.fallback_modules == dict.fromkeys(SENSITIVE, "float32")
+    record = manifest.tuning
+    num_linear = len(find_float_linears(model))
+    assert record.tolerance_met and record.stop_reason == "search complete"
+    assert record.trials <= evaluation_budget(num_linear) and record.evaluations == record.trials + 1
+    assert record.trials < num_linear  # a linear walk would need one trial per module
+    assert record.relative_loss == pytest.approx((record.fp32_value - record.int8_value) / record.fp32_value)
+    assert record.relative_loss <= 0.01
+    assert [t["fallbacks"] for t in record.trial_results][0] == 0
+    assert all(t["passed"] == (t["loss"] <= 0.01) for t in record.trial_results)
+    assert record.library_versions["neural-compressor"].startswith("3.")
+    # autotune drove every trial through our registered algorithm, and the fp32 model is untouched.
+    assert counted["autotune"] >= 1 and counted["algorithm"] >= record.trials
+    assert not any(isinstance(m, Int8DynamicLinear) for m in model.modules())
+
+
+def test_absolute_tolerance_on_a_lower_is_better_metric(counted):
+    model = sensitive_bert()
+    error = LogitError(model, calibration_inputs())
+    qmodel = tune(model, error, tolerable_loss=0.01, tolerance_mode="absolute", higher_is_better=False)
+    manifest = qmodel.config.quantization_config.manifest
+    assert manifest.fallback_modules == dict.fromkeys(SENSITIVE, "float32")
+    record = manifest.tuning
+    assert not record.higher_is_better and record.tolerance_mode == "absolute"
+    assert record.fp32_value == 0.0 and record.relative_loss is None
+    assert 0 < record.int8_value <= 0.01 and record.int8_value == pytest.approx(error(qmodel))
+    assert all(t["loss"] == pytest.approx(t["value"]) for t in record.trial_results)
+
+
+def test_relative_tolerance_on_a_zero_baseline_is_refused():
+    model = sensitive_bert()
+    with pytest.raises(ValueError, match="tolerance_mode='absolute'"):
+        tune(model, LogitError(model, calibration_inputs()), higher_is_better=False)
+
+
+def test_missed_tolerance_returns_the_best_model_with_a_warning_and_a_record(tmp_path):
+    model = sensitive_bert()
+    fidelity = Fidelity(model, calibration_inputs())
+    with pytest.warns(ToleranceNotMetWarning, match="max_trials"):
+        qmodel = INCQuantizer(model, tokenizer=word_tokenizer()).quantize(
+            tuning=TuningConfig(tolerable_loss=0.01, max_trials=1, fallback_dtype="float32"), eval_fn=fidelity,
+            calibration_dataset=[calibration_inputs()], save_directory=tmp_path / "best", show_progress=False,
+        )
+    record = qmodel.config.quantization_config.manifest.tuning
+    assert record.trials == 1 and not record.tolerance_met and record.stop_reason == "max_trials"
+    best = max(record.trial_results, key=lambda t: t["value"])
+    assert record.int8_value == best["value"] == pytest.approx(fidelity(qmodel))
+    assert len(qmodel.config.quantization_config.manifest.fallback_modules) == best["fallbacks"]
+    reloaded = INCModelForSequenceClassification.from_pretrained(tmp_path / "best")
+    assert reloaded.config.quantization_config.manifest.tuning.tolerance_met is False
+    assert (tmp_path / "best" / "tokenizer.json").is_file()
+    torch.testing.assert_close(logits(reloaded, calibration_inputs()), logits(qmodel, calibration_inputs()))
+
+
+def test_a_pass_found_before_max_trials_is_kept_without_warning():
+    model = sensitive_bert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ToleranceNotMetWarning)
+        qmodel = tune(model, Fidelity(model, calibration_inputs()), tolerable_loss=0.01, max_trials=2)
+    record = qmodel.config.quantization_config.manifest.tuning
+    assert record.tolerance_met and record.stop_reason == "max_trials"
+    assert len(qmodel.config.quantization_config.manifest.fallback_modules) == record.trial_results[1]["fallbacks"]
+
+
+def test_timeout_stops_between_trials_with_the_best_so_far():
+    model = sensitive_bert()
+    with pytest.warns(ToleranceNotMetWarning, match="timeout"):
+        qmodel = tune(model, Fidelity(model, calibration_inputs()), tolerable_loss=0.01, timeout=1e-6)
+    record = qmodel.config.quantization_config.manifest.tuning
+    assert record.trials == 1 and record.stop_reason == "timeout" and record.evaluations == 2
+
+
+def test_unreachable_tolerance_is_reported():
+    model = sensitive_bert()
+    fidelity = Fidelity(model, calibration_inputs())
+    with pytest.warns(ToleranceNotMetWarning, match="tolerance unreachable"):
+        qmodel = tune(model, lambda m: fidelity(m) - 1.0 if any(isinstance(x, Int8DynamicLinear) for x in m.modules()) else 1.0,
+                      tolerable_loss=0.01)
+    record = qmodel.config.quantization_config.manifest.tuning
+    assert not record.tolerance_met and record.stop_reason == "tolerance unreachable"
+    assert record.trials <= evaluation_budget(len(find_float_linears(model)))
+
+
+def test_bf16_fallbacks_when_asked_and_auto_confirmation_on_a_bf16_cpu(monkeypatch):
+    model = sensitive_bert()
+    fidelity = Fidelity(model, calibration_inputs())
+    forced = tune(model, fidelity, tolerable_loss=0.01, fallback_dtype="bfloat16")
+    manifest = forced.config.quantization_config.manifest
+    assert manifest.fallback_modules == dict.fromkeys(SENSITIVE, "bfloat16")
+    assert manifest.tuning.fallback_dtype == "bfloat16"
+    assert {t["fallback_dtype"] for t in manifest.tuning.trial_results} == {"bfloat16"}
+
+    monkeypatch.setattr(quantizer_module, "cpu_has_native_bf16", lambda: True)
+    auto = tune(model, fidelity, tolerable_loss=0.01, fallback_dtype="auto")
+    trials = auto.config.quantization_config.manifest.tuning.trial_results
+    assert trials[-1]["fallback_dtype"] == "bfloat16" and trials[-1]["fallbacks"] == len(SENSITIVE)
+    chosen = "bfloat16" if trials[-1]["passed"] else "float32"
+    assert auto.config.quantization_config.manifest.fallback_modules == dict.fromkeys(SENSITIVE, chosen)
+
+    monkeypatch.setattr(quantizer_module, "cpu_has_native_bf16", lambda: False)
+    plain = tune(model, fidelity, tolerable_loss=0.01, fallback_dtype="auto")
+    assert {t["fallback_dtype"] for t in plain.config.quantization_config.manifest.tuning.trial_results} == {"float32"}
+
+
+def test_user_fallbacks_stay_in_every_trial_and_are_not_tuned():
+    model = sensitive_bert()
+    qmodel = INCQuantizer(model).quantize(
+        Int8Config(modules_in_fp32=["classifier"]), tuning=TuningConfig(tolerable_loss=0.01, fallback_dtype="float32"),
+        eval_fn=Fidelity(model, calibration_inputs()), calibration_dataset=[calibration_inputs()], show_progress=False,
+    )
+    assert qmodel.config.quantization_config.manifest.fallback_modules == {"classifier": "float32"} | dict.fromkeys(SENSITIVE, "float32")
+
+
+def test_builtin_perplexity_tuning_on_a_causal_lm(tmp_path):
+    tokenizer, model = word_tokenizer(), TINY_ARCHS["gpt2"].build()
+    texts = ["the cat sat on the mat", "a dog ran home w1 w2 w3", "w4 w5 w6 the cat", "good dog bad cat w7 w8"]
+    data_file = tmp_path / "texts.jsonl"
+    datasets.Dataset.from_dict({"content": texts}).to_json(data_file)
+    quantizer = INCQuantizer(model, task="causal-lm", tokenizer=tokenizer)
+    qmodel = quantizer.quantize(tuning=TuningConfig(metric="perplexity", tolerable_loss=0.02, calibration_samples=2),
+                                eval_dataset=str(data_file), show_progress=False)
+    record = qmodel.config.quantization_config.manifest.tuning
+    assert record.metric == "perplexity" and record.higher_is_better is False
+    assert record.tolerance_met and record.relative_loss <= 0.02
+    assert record.relative_loss == pytest.approx((record.int8_value - record.fp32_value) / record.fp32_value)
+
+
+def test_untuned_quantize_saves_model_and_tokenizer(tmp_path):
+    model = TINY_ARCHS["bert"].build()
+    qmodel = INCQuantizer(model, tokenizer=word_tokenizer()).quantize(Int8Config(), save_directory=tmp_path / "out")
+    assert qmodel.config.quantization_config.manifest.tuning is None
+    assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
+    with pytest.raises(ValueError, match="eval_dataset"):
+        INCQuantizer(model).quantize(tuning=TuningConfig())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not any(isinstance(m, Int8DynamicLinear) for m in model.modules())
