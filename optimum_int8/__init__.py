@@ -4,6 +4,7 @@ Importing the package registers the ``optimum_int8`` quant_method with transform
 """
 
 from .configuration import FallbackManifest, Int8Config, TuningRecord
+from .legacy import LegacyCheckpointError, convert_legacy_checkpoint
 from .modeling import (
     INCModel,
     INCModelForCausalLM,
@@ -36,7 +37,9 @@ __all__ = [
     "Int8Config",
     "Int8DynamicLinear",
     "Int8HfQuantizer",
+    "LegacyCheckpointError",
     "TuningRecord",
+    "convert_legacy_checkpoint",
     "pipeline",
     "quantize_model",
 ]

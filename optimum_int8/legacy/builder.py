@@ -133,8 +133,23 @@ def _swap_static_linears(model: PreTrainedModel, layout: LegacyLayout) -> None:
         ))
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors that shared storage in the pickle (the old tie, e.g. T5's encoder and decoder embed_tokens) as copies.
+
+    Today's tie map may pair them differently (both with T5's ``shared``, which the old stack quantized);
+    transformers ties only pairs it finds equal, and its save drops a name whenever storage is shared,
+    so storage shared outside those pairs would reload tied to the wrong tensor.
+    """
+    seen, result = set(), {}
+    for key, tensor in tensors.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        result[key] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
+    return result
+
+
 def _state_dict(layout: LegacyLayout, embeddings: dict[str, Int8Embedding]) -> dict[str, torch.Tensor]:
-    state_dict = dict(layout.float_tensors)
+    state_dict = _unshared(layout.float_tensors)
     int8 = {**layout.dynamic_linears, **{name: weights for name, (weights, _) in layout.static_linears.items()}}
     for name, weights in int8.items():
         state_dict[f"{name}.weight_int8"] = weights.weight_int8

@@ -7,6 +7,16 @@ from pathlib import Path
 
 import transformers
 from torch import nn
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForMultipleChoice,
+    AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 from ..nn import Int8DynamicLinear, StaticInt8Linear
 from .builder import architecture_class, build_legacy_model
 from .reader import LegacyCheckpointError, download_kwargs, find_legacy_checkpoint, read_legacy_checkpoint, resolve_file
@@ -17,6 +27,34 @@ TOKENIZER_FILES = (
     "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "source.spm",
     "target.spm", "bpe.codes", "preprocessor_config.json",
 )
+
+# For checkpoints whose config.json names no architecture (then the task decides which head to build).
+TASK_LOADERS = {
+    "feature-extraction": AutoModel,
+    "text2text-generation": AutoModelForSeq2SeqLM,
+    "text-generation": AutoModelForCausalLM,
+    "text-classification": AutoModelForSequenceClassification,
+    "token-classification": AutoModelForTokenClassification,
+    "question-answering": AutoModelForQuestionAnswering,
+    "multiple-choice": AutoModelForMultipleChoice,
+    "fill-mask": AutoModelForMaskedLM,
+}
+
+
+def _loader_class(checkpoint, task: str | None) -> type:
+    if task is not None:
+        if task not in TASK_LOADERS:
+            raise ValueError(f"task {task!r} is not one of {sorted(TASK_LOADERS)}.")
+        return TASK_LOADERS[task]
+    model_class = architecture_class(checkpoint.config.get("architectures"))
+    if model_class is None:
+        named = checkpoint.config.get("architectures")
+        what = f"architectures {named} name no transformers {transformers.__version__} class" if named else "names no architecture"
+        raise LegacyCheckpointError(
+            f"{checkpoint.source}: config.json {what}, so the checkpoint's head is unknown; pass its task "
+            f"(one of {sorted(TASK_LOADERS)})."
+        )
+    return model_class
 
 
 def static_to_dynamic(model: nn.Module) -> list[str]:
@@ -39,7 +77,8 @@ def _check_destination(destination: Path) -> None:
         raise FileExistsError(f"{destination} exists and is not an empty directory; convert into a new directory.")
 
 
-def convert_legacy_checkpoint(source, destination, *, static_as_dynamic: bool = False, **kwargs) -> Path:
+def convert_legacy_checkpoint(source, destination, *, task: str | None = None, static_as_dynamic: bool = False,
+                              **kwargs) -> Path:
     """Rewrite the legacy INC checkpoint at ``source`` (directory or Hub repo id) in optimum-int8's format.
 
     ``destination`` gets ``model.safetensors`` + ``config.json`` (with the manifest), the generation config
@@ -47,7 +86,8 @@ def convert_legacy_checkpoint(source, destination, *, static_as_dynamic: bool = 
     failure leaves nothing behind. The converted model's outputs equal the legacy-loaded model's bit for
     bit: uint8 embeddings are stored as the exact fp32 rows the kernel looks up (the format has no int8
     embeddings). Static int8 checkpoints need ``static_as_dynamic=True``: the same int8 weights with
-    activations quantized per call, which changes outputs slightly. ``kwargs`` go to ``from_pretrained``
+    activations quantized per call, which changes outputs slightly. ``task`` (a key of ``TASK_LOADERS``)
+    is needed only when config.json names no architecture. ``kwargs`` go to ``from_pretrained``
     (``revision``, ``cache_dir``, ``token``, ...).
     """
     destination = Path(destination).expanduser().absolute()
@@ -59,14 +99,7 @@ def convert_legacy_checkpoint(source, destination, *, static_as_dynamic: bool = 
             "has no inc_config.json. optimum-int8 checkpoints and fp32 models need no conversion."
         )
     checkpoint = read_legacy_checkpoint(source, weights_file, kwargs)
-    model_class = architecture_class(checkpoint.config.get("architectures"))
-    if model_class is None:
-        raise LegacyCheckpointError(
-            f"{source}: config.json architectures {checkpoint.config.get('architectures')!r} names no transformers "
-            f"{transformers.__version__} model class, so the converter cannot tell which head to keep. Load it with "
-            "the INCModelFor<Task> class of its task and call save_pretrained instead."
-        )
-    model = build_legacy_model(checkpoint, model_class, **kwargs)
+    model = build_legacy_model(checkpoint, _loader_class(checkpoint, task), **kwargs)
     if any(isinstance(module, StaticInt8Linear) for module in model.modules()):
         if not static_as_dynamic:
             raise LegacyCheckpointError(
