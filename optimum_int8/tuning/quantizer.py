@@ -7,7 +7,9 @@ import logging
 import warnings
 from pathlib import Path
 
+import transformers
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForQuestionAnswering,
@@ -60,6 +62,14 @@ def _tuning_library_versions() -> dict[str, str]:
     return versions
 
 
+def _model_class(path: str, task: str | None):
+    """The task's Auto class; without a task, the architecture the checkpoint was saved from (head included)."""
+    if task is not None:
+        return TASK_AUTO_CLASSES[normalize_task(task)]
+    architectures = AutoConfig.from_pretrained(path).architectures or []
+    return getattr(transformers, architectures[0], AutoModel) if architectures else AutoModel
+
+
 class INCQuantizer:
     """Quantizes ``model`` (left unchanged) to dynamic int8, with accuracy-aware tuning when asked.
 
@@ -82,8 +92,7 @@ class INCQuantizer:
         if isinstance(model_or_path, PreTrainedModel):
             return cls(model_or_path, task=task, tokenizer=tokenizer)
         path = str(model_or_path)
-        auto_class = TASK_AUTO_CLASSES[normalize_task(task)] if task is not None else AutoModel
-        model = auto_class.from_pretrained(path, **model_kwargs).eval()
+        model = _model_class(path, task).from_pretrained(path, **model_kwargs).eval()
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, task=task, tokenizer=tokenizer)

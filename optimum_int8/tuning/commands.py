@@ -1,0 +1,115 @@
+"""``optimum-int8 quantize`` (tuned or not) and ``optimum-int8 evaluate``."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..evaluation import TASK_ALIASES, TASK_METRICS
+
+# The best model found was saved, but it misses the tolerance (a warning and the manifest say so too).
+TOLERANCE_MISSED_EXIT_CODE = 3
+
+
+def _columns(pairs: list[str]) -> dict[str, str]:
+    columns = {}
+    for pair in pairs:
+        role, sep, name = pair.partition("=")
+        if not sep or not role or not name:
+            raise SystemExit(f"--column expects ROLE=NAME (e.g. text=sentence), got {pair!r}")
+        columns[role] = name
+    return columns
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool) -> None:
+    tasks = sorted(set(TASK_METRICS) | set(TASK_ALIASES))
+    parser.add_argument("model_dir", type=Path, help="model directory (fp32 for quantize; any for evaluate)")
+    parser.add_argument("--task", choices=tasks, required=dataset_required,
+                        help="task whose built-in evaluation to run (needed with --dataset)")
+    parser.add_argument("--dataset", type=Path, required=dataset_required,
+                        help="evaluation data: a .json/.jsonl/.csv/.tsv/.parquet file")
+    parser.add_argument("--metric", help="built-in metric of the task (default: the task's first, e.g. rougeLsum, accuracy, perplexity)")
+    parser.add_argument("--column", action="append", default=[], metavar="ROLE=NAME",
+                        help="dataset column for a role (e.g. text=sentence, label=sentiment); others are inferred")
+    parser.add_argument("--max-eval-samples", type=int, help="evaluate on the first N rows only")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512, help="tokenizer truncation length")
+    parser.add_argument("--max-new-tokens", type=int, help="generation override for seq2seq tasks")
+    parser.add_argument("--num-beams", type=int, help="generation override for seq2seq tasks")
+
+
+def _generation_kwargs(args) -> dict:
+    return {key: value for key, value in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams)) if value is not None}
+
+
+def add_command(subparsers) -> None:
+    quantize = subparsers.add_parser(
+        "quantize", help="quantize a model to int8, tuned to a metric tolerance when --dataset is given",
+        description="Dynamic int8 quantization. With --dataset, accuracy-aware tuning keeps the fewest most "
+        "sensitive Linear modules in float that bring the metric within --tolerable-loss of fp32.",
+    )
+    _add_data_arguments(quantize, dataset_required=False)
+    quantize.add_argument("-o", "--output", type=Path, required=True, help="directory to write the int8 model to")
+    quantize.add_argument("--tolerable-loss", type=float, default=0.01)
+    quantize.add_argument("--absolute", action="store_true", help="tolerance in metric units instead of relative")
+    quantize.add_argument("--max-trials", type=int, help="most int8 evaluations (default: ceil(log2(#Linear)) + 3)")
+    quantize.add_argument("--timeout", type=float, help="seconds for the whole tuning, checked between trials")
+    quantize.add_argument("--fallback-dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    quantize.add_argument("--calibration-samples", type=int, default=8, help="rows used to rank module sensitivity")
+    quantize.add_argument("--modules-in-fp32", nargs="*", default=[], metavar="NAME", help="always keep these in fp32")
+    quantize.add_argument("--modules-in-bf16", nargs="*", default=[], metavar="NAME", help="always keep these in bf16")
+    quantize.add_argument("--verbose", action="store_true", help="show neural-compressor's logs")
+    quantize.set_defaults(run=run_quantize)
+
+    evaluate = subparsers.add_parser("evaluate", help="evaluate a model (int8 or fp32) with a task's built-in metrics")
+    _add_data_arguments(evaluate, dataset_required=True)
+    evaluate.set_defaults(run=run_evaluate)
+
+
+def run_quantize(args) -> int:
+    from ..configuration import Int8Config
+    from .config import TuningConfig
+    from .quantizer import INCQuantizer
+
+    if args.dataset is not None and args.task is None:
+        raise SystemExit("--dataset needs --task (which built-in evaluation to run).")
+    quantizer = INCQuantizer.from_pretrained(args.model_dir, task=args.task)
+    tuning = None
+    if args.dataset is not None:
+        tuning = TuningConfig(
+            metric=args.metric, tolerable_loss=args.tolerable_loss, tolerance_mode="absolute" if args.absolute else "relative",
+            max_trials=args.max_trials, timeout=args.timeout, fallback_dtype=args.fallback_dtype,
+            calibration_samples=args.calibration_samples, verbose=args.verbose,
+        )
+    qmodel = quantizer.quantize(
+        Int8Config(modules_in_fp32=args.modules_in_fp32, modules_in_bf16=args.modules_in_bf16), tuning=tuning,
+        eval_dataset=str(args.dataset) if args.dataset else None, save_directory=args.output, columns=_columns(args.column),
+        batch_size=args.batch_size, max_length=args.max_length, max_eval_samples=args.max_eval_samples,
+        generation_kwargs=_generation_kwargs(args),
+    )
+    manifest = qmodel.config.quantization_config.manifest
+    print(f"int8 modules: {len(manifest.int8_modules)}, kept in float: {len(manifest.fallback_modules)}")
+    if manifest.tuning is not None:
+        record = manifest.tuning
+        print(f"{record.metric}: fp32 {record.fp32_value:.6g}, int8 {record.int8_value:.6g} "
+              f"({record.tolerance_mode} tolerance {record.tolerance}, met: {record.tolerance_met}); "
+              f"{record.evaluations} evaluations ({record.trials} int8 trials), stopped: {record.stop_reason}")
+    print(f"saved to {args.output}")
+    return 0 if manifest.tuning is None or manifest.tuning.tolerance_met else TOLERANCE_MISSED_EXIT_CODE
+
+
+def run_evaluate(args) -> int:
+    from transformers import AutoTokenizer
+
+    from ..evaluation import TaskEvaluator, normalize_task
+    from .quantizer import TASK_AUTO_CLASSES
+
+    model = TASK_AUTO_CLASSES[normalize_task(args.task)].from_pretrained(args.model_dir).eval()
+    evaluator = TaskEvaluator(
+        args.task, str(args.dataset), AutoTokenizer.from_pretrained(args.model_dir), metric=args.metric,
+        columns=_columns(args.column), batch_size=args.batch_size, max_length=args.max_length,
+        max_samples=args.max_eval_samples, generation_kwargs=_generation_kwargs(args),
+    )
+    json.dump(evaluator.evaluate(model), sys.stdout, indent=2)
+    print()
+    return 0
