@@ -67,3 +67,10 @@ def test_quantize_without_dataset_is_untuned_and_a_missed_tolerance_exits_3(mode
 
 def is_int8(model) -> bool:
     return any(isinstance(module, Int8DynamicLinear) for module in model.modules())
+
+
+def test_commands_are_registered_under_optimum_cli():
+    from optimum.commands.optimum_cli import load_optimum_namespace_cli_commands
+
+    registered = {command.COMMAND.name: command for command, _ in load_optimum_namespace_cli_commands()}
+    assert {info.name for info in registered["int8"].SUBCOMMANDS} == {"quantize", "evaluate"}

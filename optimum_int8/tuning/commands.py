@@ -42,27 +42,38 @@ def _generation_kwargs(args) -> dict:
     return {key: value for key, value in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams)) if value is not None}
 
 
-def add_command(subparsers) -> None:
-    quantize = subparsers.add_parser(
-        "quantize", help="quantize a model to int8, tuned to a metric tolerance when --dataset is given",
-        description="Dynamic int8 quantization. With --dataset, accuracy-aware tuning keeps the fewest most "
-        "sensitive Linear modules in float that bring the metric within --tolerable-loss of fp32.",
-    )
-    _add_data_arguments(quantize, dataset_required=False)
-    quantize.add_argument("-o", "--output", type=Path, required=True, help="directory to write the int8 model to")
-    quantize.add_argument("--tolerable-loss", type=float, default=0.01)
-    quantize.add_argument("--absolute", action="store_true", help="tolerance in metric units instead of relative")
-    quantize.add_argument("--max-trials", type=int, help="most int8 evaluations (default: ceil(log2(#Linear)) + 3)")
-    quantize.add_argument("--timeout", type=float, help="seconds for the whole tuning, checked between trials")
-    quantize.add_argument("--fallback-dtype", choices=["auto", "float32", "bfloat16"], default="auto")
-    quantize.add_argument("--calibration-samples", type=int, default=8, help="rows used to rank module sensitivity")
-    quantize.add_argument("--modules-in-fp32", nargs="*", default=[], metavar="NAME", help="always keep these in fp32")
-    quantize.add_argument("--modules-in-bf16", nargs="*", default=[], metavar="NAME", help="always keep these in bf16")
-    quantize.add_argument("--verbose", action="store_true", help="show neural-compressor's logs")
-    quantize.set_defaults(run=run_quantize)
+QUANTIZE_HELP = "quantize a model to int8, tuned to a metric tolerance when --dataset is given"
+QUANTIZE_DESCRIPTION = (
+    "Dynamic int8 quantization. With --dataset, accuracy-aware tuning keeps the fewest most sensitive Linear "
+    "modules in float that bring the metric within --tolerable-loss of fp32."
+)
+EVALUATE_HELP = "evaluate a model (int8 or fp32) with a task's built-in metrics"
 
-    evaluate = subparsers.add_parser("evaluate", help="evaluate a model (int8 or fp32) with a task's built-in metrics")
-    _add_data_arguments(evaluate, dataset_required=True)
+
+def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_arguments(parser, dataset_required=False)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="directory to write the int8 model to")
+    parser.add_argument("--tolerable-loss", type=float, default=0.01)
+    parser.add_argument("--absolute", action="store_true", help="tolerance in metric units instead of relative")
+    parser.add_argument("--max-trials", type=int, help="most int8 evaluations (default: ceil(log2(#Linear)) + 3)")
+    parser.add_argument("--timeout", type=float, help="seconds for the whole tuning, checked between trials")
+    parser.add_argument("--fallback-dtype", choices=["auto", "float32", "bfloat16"], default="auto")
+    parser.add_argument("--calibration-samples", type=int, default=8, help="rows used to rank module sensitivity")
+    parser.add_argument("--modules-in-fp32", nargs="*", default=[], metavar="NAME", help="always keep these in fp32")
+    parser.add_argument("--modules-in-bf16", nargs="*", default=[], metavar="NAME", help="always keep these in bf16")
+    parser.add_argument("--verbose", action="store_true", help="show neural-compressor's logs")
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_arguments(parser, dataset_required=True)
+
+
+def add_command(subparsers) -> None:
+    quantize = subparsers.add_parser("quantize", help=QUANTIZE_HELP, description=QUANTIZE_DESCRIPTION)
+    add_quantize_arguments(quantize)
+    quantize.set_defaults(run=run_quantize)
+    evaluate = subparsers.add_parser("evaluate", help=EVALUATE_HELP)
+    add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
 
