@@ -23,6 +23,17 @@ register()
 
 __version__ = "0.1.0"
 
+# Tuning imports neural-compressor (seconds); load it on first use, not on every `import optimum_int8`.
+_TUNING_NAMES = ("INCQuantizer", "TuningConfig")
+
+
+def __getattr__(name):
+    if name in _TUNING_NAMES:
+        from . import tuning
+
+        return getattr(tuning, name)
+    raise AttributeError(f"module 'optimum_int8' has no attribute {name!r}")
+
 __all__ = [
     "BFloat16Linear",
     "FallbackManifest",
@@ -34,10 +45,12 @@ __all__ = [
     "INCModelForSeq2SeqLM",
     "INCModelForSequenceClassification",
     "INCModelForTokenClassification",
+    "INCQuantizer",
     "Int8Config",
     "Int8DynamicLinear",
     "Int8HfQuantizer",
     "LegacyCheckpointError",
+    "TuningConfig",
     "TuningRecord",
     "convert_legacy_checkpoint",
     "pipeline",
