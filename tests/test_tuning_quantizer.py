@@ -243,3 +243,15 @@ def test_untuned_quantize_saves_model_and_tokenizer(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not any(isinstance(m, Int8DynamicLinear) for m in model.modules())
+
+
+def test_eval_fn_with_calibration_rows_from_a_dataset():
+    model = sensitive_bert()
+    rows = datasets.Dataset.from_dict({"sentence": ["w1 w2 the cat sat", "a dog ran home w3", "good w4 w5", "bad mat"],
+                                       "label": [0, 1, 2, 0]})
+    quantizer = INCQuantizer(model, task="text-classification", tokenizer=word_tokenizer())
+    qmodel = quantizer.quantize(tuning=TuningConfig(tolerable_loss=0.01, fallback_dtype="float32", calibration_samples=4),
+                                eval_fn=Fidelity(model, calibration_inputs()), calibration_dataset=rows, show_progress=False)
+    record = qmodel.config.quantization_config.manifest.tuning
+    assert record.metric == "logit_cosine" and record.tolerance_met
+    assert set(SENSITIVE) <= set(qmodel.config.quantization_config.manifest.fallback_modules)

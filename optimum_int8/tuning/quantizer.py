@@ -143,10 +143,10 @@ class INCQuantizer:
             self.tokenizer.save_pretrained(save_directory)
         qmodel.save_pretrained(save_directory)
 
-    def _evaluator(self, source, tuning, **options) -> TaskEvaluator:
+    def _evaluator(self, source, **options) -> TaskEvaluator:
         if self.task is None:
             raise ValueError("built-in evaluation needs the task: INCQuantizer.from_pretrained(..., task='...').")
-        return TaskEvaluator(self.task, source, self.tokenizer, metric=tuning.metric, metric_key=tuning.metric_key, **options)
+        return TaskEvaluator(self.task, source, self.tokenizer, **options)
 
     def _tune(self, config, tuning, eval_dataset, eval_fn, calibration_dataset, options):
         if eval_fn is not None:
@@ -154,7 +154,7 @@ class INCQuantizer:
             metric_name = tuning.metric if isinstance(tuning.metric, str) else getattr(eval_fn, "__name__", "eval_fn")
             direction = tuning.higher_is_better if tuning.higher_is_better is not None else higher_is_better(metric_name)
         elif eval_dataset is not None:
-            evaluate = self._evaluator(eval_dataset, tuning, **options)
+            evaluate = self._evaluator(eval_dataset, metric=tuning.metric, metric_key=tuning.metric_key, **options)
             metric_name = evaluate.metric_name
             direction = tuning.higher_is_better if tuning.higher_is_better is not None else evaluate.higher_is_better
         else:
@@ -194,7 +194,7 @@ class INCQuantizer:
         if source is None:
             raise ValueError("sensitivity ranking needs calibration_dataset (rows or a list of model-input dicts) or eval_dataset.")
         options = options | {"max_samples": tuning.calibration_samples}
-        return self._evaluator(source, tuning, **options).calibration_inputs(tuning.calibration_samples)
+        return self._evaluator(source, **options).calibration_inputs(tuning.calibration_samples)
 
     @staticmethod
     def _record(outcome: SearchOutcome, tuning: TuningConfig, metric_name: str, direction: bool) -> TuningRecord:
