@@ -304,9 +304,41 @@ def _check_dynamic_versions(checkpoint: LegacyCheckpoint, packed_keys: dict[str,
         )
 
 
+def _renamed(checkpoint: LegacyCheckpoint, rename) -> LegacyCheckpoint:
+    """The checkpoint with every module name passed through ``rename`` (None drops the name)."""
+    def keep(mapping):
+        return {rename(key): value for key, value in mapping.items() if rename(key) is not None}
+
+    config = dict(checkpoint.best_configure)
+    config["op"] = {(rename(name), op_type): cfg for (name, op_type), cfg in config["op"].items() if rename(name) is not None}
+    config["bf16_ops_list"] = [(rename(name), *rest) for name, *rest in config.get("bf16_ops_list") or [] if rename(name) is not None]
+    config["fx_sub_module_list"] = [rename(name) for name in config.get("fx_sub_module_list") or [] if rename(name) is not None]
+    attrs = {tuple(key.split("--", 1)): value for key, value in (config.get("get_attr") or {}).items()}
+    config["get_attr"] = {f"{rename(parent)}--{attr}": value for (parent, attr), value in attrs.items() if rename(parent) is not None}
+    versions = None if checkpoint.module_versions is None else keep(checkpoint.module_versions)
+    return dataclasses.replace(checkpoint, state_dict=keep(checkpoint.state_dict), best_configure=config, module_versions=versions)
+
+
+def _aligned_to_model(checkpoint: LegacyCheckpoint, model: nn.Module) -> LegacyCheckpoint:
+    """A task checkpoint read into its base model loses the base-model prefix and the head; a base checkpoint
+    read into a task model gains the prefix (as transformers loads ordinary checkpoints)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    names = [name for name, _ in checkpoint.best_configure["op"]]
+    if not prefix or not names:
+        return checkpoint
+    model_has_prefix = prefix in dict(model.named_children())
+    names_have_prefix = any(name.startswith(prefix + ".") for name in names)
+    if names_have_prefix and not model_has_prefix:
+        return _renamed(checkpoint, lambda name: name[len(prefix) + 1:] if name.startswith(prefix + ".") else None)
+    if model_has_prefix and not names_have_prefix:
+        return _renamed(checkpoint, lambda name: f"{prefix}.{name}")
+    return checkpoint
+
+
 def plan_layout(checkpoint: LegacyCheckpoint, model: nn.Module) -> LegacyLayout:
     """Match ``checkpoint`` to ``model`` (any device, e.g. meta) and say what each module becomes."""
     framework, approach = _top_level(checkpoint)
+    checkpoint = _aligned_to_model(checkpoint, model)
     source = checkpoint.weights_file
     modules = dict(model.named_modules())
     ops = _classify_ops(checkpoint, modules, approach)

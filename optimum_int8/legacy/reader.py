@@ -34,13 +34,6 @@ class LegacyCheckpointError(ValueError):
     """A legacy INC checkpoint is malformed, unsafe to read, or uses a layout optimum-int8 cannot rebuild."""
 
 
-class _IncDotDict(dict):
-    """Stand-in for neural-compressor 1.x's ``DotDict`` (a plain dict subclass) in old ``best_configure`` pickles."""
-
-
-_SAFE_LEGACY_GLOBALS = [(_IncDotDict, "neural_compressor.conf.dotdict.DotDict")]
-
-
 @dataclasses.dataclass
 class LegacyCheckpoint:
     source: str
@@ -99,15 +92,20 @@ def find_legacy_checkpoint(source, kwargs: Mapping) -> str | None:
 
 
 def _unsafe_reason(error: Exception) -> str:
-    match = re.search(r"Unsupported (global|operand)[^\n]*", str(error))
-    return match.group(0).strip() if match else str(error).strip().splitlines()[0]
+    """torch's own reason (the offending global or opcode), without its advice to retry unsafely."""
+    match = re.search(r"(Unsupported [^\n]*?|Trying to load [^\n]*?|Can only [^\n]*?)(?: was not an allowed global|\.\s|\.?$)",
+                      str(error), re.MULTILINE)
+    reason = match.group(1) if match else str(error).strip().splitlines()[0]
+    if "neural_compressor" in reason:
+        reason += "; neural-compressor 1.x pickled best_configure as its own DotDict class"
+    return reason
 
 
 def load_weights_safely(path: str) -> dict:
     """``torch.load(weights_only=True)``: tensors, quantized tensors and plain containers, nothing else runs."""
     try:
         # torch warns that TypedStorage and quantized tensors are deprecated: nothing a reader can act on.
-        with torch.serialization.safe_globals(_SAFE_LEGACY_GLOBALS), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -125,7 +123,7 @@ def load_weights_safely(path: str) -> dict:
 
 
 def _plain(value):
-    """Nested INC configs (DotDicts, OrderedDicts) as plain dicts; tuples stay tuples."""
+    """Nested INC configs (OrderedDicts) as plain dicts; tuples stay tuples."""
     if isinstance(value, Mapping):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, list):
