@@ -196,7 +196,7 @@ def test_summarization_generation_kwargs_and_model_defaults(int8_checkpoint, tok
     assert len(summarizer("The quick brown fox", max_new_tokens=7, min_new_tokens=7, return_tensors=True)[0]["summary_token_ids"]) == 1 + 7
 
     # The model's generation config is honoured (here: greedy instead of the pipeline's num_beams=4 default).
-    greedy = copy.deepcopy(model)
+    greedy = INCModelForSeq2SeqLM.from_pretrained(int8_checkpoint("bart")[1])
     greedy.generation_config.num_beams = 1
     expected = greedy.generate(**tokenizer("The quick brown fox", return_tensors="pt"), max_new_tokens=6, num_beams=1)
     got = pipeline("summarization", model=greedy, tokenizer=tokenizer, **SHORT)("The quick brown fox", return_tensors=True)
@@ -473,6 +473,14 @@ def test_task_aliases_and_pathlike(int8_checkpoint):
 
 
 # -- loading and errors ------------------------------------------------------------------------------------
+
+
+def test_tokenizer_from_another_directory(int8_checkpoint, tmp_path):
+    """As in the README: the int8 model saved alone, the tokenizer read from the fp32 model's directory."""
+    model, tokenizer_dir = int8_checkpoint("bart")
+    model.save_pretrained(tmp_path)
+    summarizer = pipeline("summarization", model=tmp_path, tokenizer=str(tokenizer_dir), **SHORT)
+    assert summarizer("The quick brown fox") == pipeline("summarization", model=tokenizer_dir, **SHORT)("The quick brown fox")
 
 
 def test_fp32_directory_quantized_while_loading(tmp_path, tokenizer):
