@@ -77,9 +77,15 @@ def copy_fixture(name: str, destination: Path) -> Path:
     return destination
 
 
+def read_state_dict(path: Path) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: TypedStorage / quantized tensors are deprecated
+        return torch.load(path, weights_only=True)
+
+
 def rewrite_checkpoint(folder: Path, edit) -> None:
     """Load pytorch_model.bin, let ``edit(state_dict, best_configure)`` change it, save it back the old way."""
-    state_dict = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    state_dict = read_state_dict(folder / "pytorch_model.bin")
     edit(state_dict, state_dict["best_configure"])
     torch.save(state_dict, folder / "pytorch_model.bin")
 
@@ -253,6 +259,15 @@ def test_eager_checkpoint_written_with_torch_ao_loads_exactly(tmp_path):
     assert torch.equal(logits(model, inputs), logits(qmodel, inputs))
     assert type(model.model.encoder.layers[0].fc1) is Int8DynamicLinear
     assert model.config.quantization_config.manifest.fallback_modules == FP32_FALLBACKS
+
+
+def test_state_dict_without_torch_module_versions_warns_that_activations_were_8_bit(tmp_path):
+    """torch.ao's dynamic Linear ran 7-bit activations only for state dicts saved with module version >= 4."""
+    _write_eager_checkpoint(tmp_path / "eager")
+    state_dict = dict(read_state_dict(tmp_path / "eager" / "pytorch_model.bin"))  # drops _metadata
+    torch.save(state_dict, tmp_path / "eager" / "pytorch_model.bin")
+    with pytest.warns(UserWarning, match="quantized their activations to 8 bits"):
+        INCModelForSeq2SeqLM.from_pretrained(tmp_path / "eager")
 
 
 def test_best_configure_from_yaml_beside_the_weights(tmp_path):
