@@ -154,6 +154,27 @@ def test_converted_checkpoint_computes_bit_for_bit_what_the_legacy_one_does(name
         assert generate(converted, ref) == ref["generated_int8_loaded"]
 
 
+def test_generation_parameters_left_in_config_json_are_kept(tmp_path):
+    """Old summarization checkpoints keep num_beams, max_length, ... in config.json (no generation_config.json)."""
+    folder = copy_fixture("bart_seq2seq_dynamic", tmp_path / "legacy")
+    summarization = {"num_beams": 4, "max_length": 142, "min_length": 56, "no_repeat_ngram_size": 3, "length_penalty": 2.0}
+    config = json.loads((folder / "config.json").read_text()) | summarization
+    (folder / "config.json").write_text(json.dumps(config))
+    model = INCModelForSeq2SeqLM.from_pretrained(folder)
+    assert {key: getattr(model.generation_config, key) for key in summarization} == summarization
+    out = convert_legacy_checkpoint(folder, tmp_path / "converted", task="text2text-generation")
+    assert json.loads((out / "generation_config.json").read_text()).items() >= summarization.items()
+
+
+def test_save_pretrained_of_a_legacy_model_writes_our_format(loaded, tmp_path):
+    legacy = loaded["bart_seq2seq_dynamic_eager"]
+    legacy.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved" / "pytorch_model.bin").exists()
+    reloaded = INCModelForSeq2SeqLM.from_pretrained(tmp_path / "saved")
+    inputs = model_inputs(reference("bart_seq2seq_dynamic_eager"))
+    assert torch.equal(logits(reloaded, inputs), logits(legacy, inputs))
+
+
 def test_static_checkpoint_converts_only_when_asked_and_keeps_its_int8_weights(loaded, tmp_path):
     source, legacy = LEGACY_FIXTURES / "bert_seqcls_static", loaded["bert_seqcls_static"]
     with pytest.raises(LegacyCheckpointError, match="static_as_dynamic"):

@@ -14,14 +14,14 @@ import logging
 import torch
 import transformers
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel
 from transformers.models.auto.auto_factory import _get_model_class
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from ..configuration import FallbackManifest, Int8Config, library_versions
 from ..nn import Int8Embedding, StaticInt8Linear
 from .layout import LegacyLayout, plan_layout
-from .reader import DOWNLOAD_KWARGS, LegacyCheckpoint, LegacyCheckpointError
+from .reader import DOWNLOAD_KWARGS, LegacyCheckpoint, LegacyCheckpointError, download_kwargs
 
 logger = logging.getLogger(__name__)
 _UNTIED_WARNING = "but both are present in the checkpoints with different values"
@@ -61,6 +61,15 @@ def architecture_class(architectures) -> type | None:
         if isinstance(candidate, type) and issubclass(candidate, PreTrainedModel):
             return candidate
     return None
+
+
+def _generation_config(source, hub_kwargs: dict) -> GenerationConfig:
+    """generation_config.json if the checkpoint has one, else the generation parameters the old writers left
+    in config.json (num_beams, max_length, ... for summarization models), as transformers reads old checkpoints."""
+    try:
+        return GenerationConfig.from_pretrained(source, **hub_kwargs)
+    except OSError:
+        return GenerationConfig.from_pretrained(source, config_file_name="config.json", _from_model_config=True, **hub_kwargs)
 
 
 def _manifest(checkpoint: LegacyCheckpoint, layout: LegacyLayout) -> FallbackManifest:
@@ -194,10 +203,13 @@ def build_legacy_model(checkpoint: LegacyCheckpoint, loader_class: type, *model_
         raise LegacyCheckpointError(
             f"{checkpoint.source} is an already quantized legacy INC checkpoint; drop quantization_config."
         )
+    hub_kwargs = download_kwargs(kwargs)
     kwargs = {key: value for key, value in kwargs.items() if key not in DOWNLOAD_KWARGS and key != "quantization_config"}
     output_loading_info = kwargs.pop("output_loading_info", False)
     config, kwargs = _config(checkpoint, kwargs)
     model_class = _model_class(loader_class, config)
+    if kwargs.get("generation_config") is None and model_class.can_generate():
+        kwargs["generation_config"] = _generation_config(checkpoint.source, hub_kwargs)
     with torch.device("meta"):
         skeleton = (architecture_class(getattr(config, "architectures", None)) or model_class)(config)
     layout = plan_layout(checkpoint, skeleton)
