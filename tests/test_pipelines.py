@@ -6,6 +6,7 @@ the tasks transformers still has are checked through the deferral to transformer
 """
 
 import copy
+import json
 import logging
 import math
 import string
@@ -27,7 +28,7 @@ from optimum_int8.pipelines import (
 )
 from optimum_int8.pipelines.question_answering import parse_qa_inputs
 
-from conftest import TINY_ARCHS
+from conftest import LEGACY_FIXTURES, TINY_ARCHS
 
 CORPUS = [
     "HuggingFace was founded in Paris.",
@@ -492,6 +493,23 @@ def test_fp32_directory_quantized_while_loading(tmp_path, tokenizer):
     answerer = pipeline("question-answering", model=tmp_path, model_kwargs={"quantization_config": Int8Config()})
     assert answerer.model.quantization_method == "optimum_int8"
     assert_answer(answerer(question=QUESTION, context=CONTEXT))
+
+
+@pytest.mark.parametrize("fixture", ["bart_seq2seq_dynamic", "t5_seq2seq_dynamic"])
+def test_legacy_inc_seq2seq_checkpoint(fixture):
+    """A legacy INC checkpoint directory summarizes exactly as the old stack generated (same batch, same padding)."""
+    reference = json.loads((LEGACY_FIXTURES / fixture / "reference.json").read_text())
+    summarizer = pipeline("summarization", model=LEGACY_FIXTURES / fixture, **reference["generate_kwargs"])
+    outputs = summarizer(reference["sentences"], batch_size=len(reference["sentences"]), return_tensors=True)
+    assert [output["summary_token_ids"].tolist() for output in outputs] == reference["generated_int8_loaded"]
+
+
+def test_legacy_inc_classifier_checkpoint():
+    reference = json.loads((LEGACY_FIXTURES / "bert_seqcls_dynamic" / "reference.json").read_text())
+    classifier = pipeline("text-classification", model=LEGACY_FIXTURES / "bert_seqcls_dynamic", top_k=None, function_to_apply="none")
+    outputs = classifier(reference["sentences"], batch_size=len(reference["sentences"]))
+    logits = [[next(r["score"] for r in records if r["label"] == f"LABEL_{i}") for i in range(3)] for records in outputs]
+    assert logits == reference["int8_loaded"]["logits"]
 
 
 def test_repo_id_goes_to_the_loader(monkeypatch):
