@@ -87,21 +87,20 @@ def pipeline(task: str, model=None, tokenizer=None, model_kwargs: dict | None = 
     and ``cache_dir`` to both the model's and the tokenizer's), and the tokenizer from the same place
     unless ``tokenizer`` is given. summarization, text2text-generation, translation (and
     translation_xx_to_yy) and question-answering use optimum-int8's pipelines; every other task is
-    ``transformers.pipeline`` with the loaded model. The remaining keyword arguments go to the pipeline
-    (``batch_size``, generation parameters, ``top_k``, ...). int8 models run on CPU.
+    ``transformers.pipeline`` with the loaded model (a path or id for a task without a loader goes to it
+    as is). The remaining keyword arguments go to the pipeline (``batch_size``, generation parameters,
+    ``top_k``, ...). int8 models run on CPU.
     """
     if model is None:
         raise ValueError(f"optimum_int8.pipeline({task!r}) needs model=: a loaded model, a local directory or a Hub repo id.")
     base_task = _base_task(task)
     loader = TASK_LOADERS.get(base_task)
+    if isinstance(model, (str, os.PathLike)) and loader is None:
+        # No INCModelFor<Task> loader (vision, audio, ...): transformers' own loaders restore int8 checkpoints too.
+        return transformers.pipeline(task, model=os.fspath(model), tokenizer=tokenizer, model_kwargs=model_kwargs, device=device, **kwargs)
     hub_kwargs = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
     if isinstance(model, (str, os.PathLike)):
         name_or_path = os.fspath(model)
-        if loader is None:
-            # A task without an INCModelFor<Task> loader: transformers' own loaders restore int8 checkpoints too.
-            return transformers.pipeline(
-                task, model=name_or_path, tokenizer=tokenizer, model_kwargs=model_kwargs, device=device, **hub_kwargs, **kwargs
-            )
         model = loader.from_pretrained(name_or_path, **hub_kwargs, **(model_kwargs or {}))
         if tokenizer is None:
             tokenizer = name_or_path

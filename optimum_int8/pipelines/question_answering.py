@@ -7,13 +7,12 @@ character offsets into the context; long contexts are split into overlapping win
 """
 
 import dataclasses
-import types
 from collections.abc import Iterator
 
 import torch
+from torch.utils.data import Dataset
 from transformers.models.auto.modeling_auto import MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES
 from transformers.pipelines.base import ChunkPipeline
-from torch.utils.data import Dataset
 
 QA_INPUT_KEYWORDS = ("question", "context", "X", "data")
 
@@ -80,7 +79,7 @@ def parse_qa_inputs(args: tuple, keywords: dict):
     else:
         raise ValueError(f"pass a question and a context, e.g. qa(question=..., context=...); got keywords {sorted(keywords)}")
 
-    if isinstance(inputs, (types.GeneratorType, Iterator, Dataset)):
+    if isinstance(inputs, (Iterator, Dataset)):
         return inputs
     if isinstance(inputs, (list, tuple)):
         inputs = [to_qa_input(item) for item in inputs]
@@ -114,10 +113,10 @@ class QuestionAnsweringPipeline(ChunkPipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.check_model_type(MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES)
-        if not self.tokenizer.is_fast:
+        if self.tokenizer is None or not self.tokenizer.is_fast:
             raise ValueError(
                 f"question-answering needs a fast tokenizer (it maps answers back to the context with offsets); "
-                f"{type(self.tokenizer).__name__} is not one."
+                f"got {type(self.tokenizer).__name__}."
             )
 
     def _sanitize_parameters(
