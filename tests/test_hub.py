@@ -196,3 +196,14 @@ def test_push_without_write_access_is_a_clear_error(hub, private_repo):
         quantized_bart().push_to_hub("alice/x-int8")
     with pytest.raises(HubAccessError, match="not allowed to.*write access to the 'alice' namespace"):
         quantized_bart().push_to_hub("alice/x-int8", token=hub.token("bob"))
+
+
+def test_pipeline_loads_model_and_tokenizer_by_repo_id(hub, repo_id, tokenizer):
+    pipelines = pytest.importorskip("optimum_int8.pipelines")
+    token = hub.token("alice")
+    qmodel = quantized_bart(["lm_head"])
+    qmodel.push_to_hub(repo_id, token=token, tokenizer=tokenizer, private=True)
+    by_id = pipelines.pipeline("summarization", model=repo_id, token=token, max_new_tokens=8, min_new_tokens=8)
+    in_memory = pipelines.pipeline("summarization", model=qmodel, tokenizer=tokenizer, max_new_tokens=8, min_new_tokens=8)
+    assert by_id(SENTENCES) == in_memory(SENTENCES)
+    assert by_id.model.config.quantization_config.manifest.fallback_modules == {"lm_head": "float32"}
