@@ -78,14 +78,14 @@ class _Entry:
     wrappers: int
 
 
+@dataclasses.dataclass
 class _Ops:
-    """``best_configure["op"]`` sorted by what each op became."""
+    """``best_configure["op"]`` sorted by what each op became (module paths in today's model)."""
 
-    def __init__(self):
-        self.linear_modes: dict[str, str] = {}
-        self.embeddings: set[str] = set()
-        self.bf16_linears: set[str] = set()
-        self.raw_names: dict[str, str] = {}
+    linear_modes: dict[str, str] = dataclasses.field(default_factory=dict)  # "dynamic" or "static"
+    embeddings: set[str] = dataclasses.field(default_factory=set)
+    bf16_linears: set[str] = dataclasses.field(default_factory=set)
+    raw_names: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> name in best_configure
 
 
 def _top_level(checkpoint: LegacyCheckpoint) -> tuple[str, str]:
@@ -108,8 +108,9 @@ def _top_level(checkpoint: LegacyCheckpoint) -> tuple[str, str]:
             "by the original model code, which the checkpoint does not record; only its FX ('pytorch_fx') form loads."
         )
     recipes = config.get("recipe_cfgs") or {}
+    folded = (recipes.get("smooth_quant_args") or {}).get("folding")  # folded smooth-quant only rescales weights
     for recipe in ("layer_wise_quant", "smooth_quant"):
-        if recipes.get(recipe) and not (recipe == "smooth_quant" and (recipes.get("smooth_quant_args") or {}).get("folding")):
+        if recipes.get(recipe) and not (recipe == "smooth_quant" and folded):
             raise LegacyCheckpointError(
                 f"{source}: best_configure uses the {recipe!r} recipe, which wraps Linear modules in INC classes "
                 "optimum-int8 does not rebuild."
@@ -319,28 +320,34 @@ def _renamed(checkpoint: LegacyCheckpoint, rename) -> LegacyCheckpoint:
     return dataclasses.replace(checkpoint, state_dict=keep(checkpoint.state_dict), best_configure=config, module_versions=versions)
 
 
-def _aligned_to_model(checkpoint: LegacyCheckpoint, model: nn.Module) -> LegacyCheckpoint:
+def _all_resolve(modules: dict, names) -> bool:
+    return all(path and not rest for path, rest, _ in (_resolve(modules, name) for name in names))
+
+
+def _aligned_to_model(checkpoint: LegacyCheckpoint, model: nn.Module, modules: dict) -> LegacyCheckpoint:
     """A task checkpoint read into its base model loses the base-model prefix and the head; a base checkpoint
     read into a task model gains the prefix (as transformers loads ordinary checkpoints)."""
+    names = [name for name, op_type in checkpoint.best_configure["op"] if op_type in (*LINEAR_OP_TYPES, *EMBEDDING_OP_TYPES)]
     prefix = getattr(model, "base_model_prefix", "")
-    names = [name for name, _ in checkpoint.best_configure["op"]]
-    if not prefix or not names:
+    if not prefix or _all_resolve(modules, names):
         return checkpoint
-    model_has_prefix = prefix in dict(model.named_children())
-    names_have_prefix = any(name.startswith(prefix + ".") for name in names)
-    if names_have_prefix and not model_has_prefix:
-        return _renamed(checkpoint, lambda name: name[len(prefix) + 1:] if name.startswith(prefix + ".") else None)
-    if model_has_prefix and not names_have_prefix:
-        return _renamed(checkpoint, lambda name: f"{prefix}.{name}")
-    return checkpoint
+    renames = (
+        lambda name: name[len(prefix) + 1:] if name.startswith(prefix + ".") else None,
+        lambda name: f"{prefix}.{name}",
+    )
+    for rename in renames:
+        renamed = [rename(name) for name in names if rename(name) is not None]
+        if renamed and _all_resolve(modules, renamed):
+            return _renamed(checkpoint, rename)
+    return checkpoint  # the op names that match neither way are reported by name below
 
 
 def plan_layout(checkpoint: LegacyCheckpoint, model: nn.Module) -> LegacyLayout:
     """Match ``checkpoint`` to ``model`` (any device, e.g. meta) and say what each module becomes."""
     framework, approach = _top_level(checkpoint)
-    checkpoint = _aligned_to_model(checkpoint, model)
-    source = checkpoint.weights_file
     modules = dict(model.named_modules())
+    checkpoint = _aligned_to_model(checkpoint, model, modules)
+    source = checkpoint.weights_file
     ops = _classify_ops(checkpoint, modules, approach)
     groups = _group_by_module(checkpoint, modules)
     linears = linear_modules.find_float_linears(model)
