@@ -255,3 +255,17 @@ def test_eval_fn_with_calibration_rows_from_a_dataset():
     record = qmodel.config.quantization_config.manifest.tuning
     assert record.metric == "logit_cosine" and record.tolerance_met
     assert set(SENSITIVE) <= set(qmodel.config.quantization_config.manifest.fallback_modules)
+
+
+def test_seq2seq_summarization_tuning_on_rouge_with_generation_overrides(tmp_path):
+    tokenizer, model = word_tokenizer(), TINY_ARCHS["bart"].build()
+    data = datasets.Dataset.from_dict({"article": ["the cat sat on the mat w1 w2", "a dog ran home w3 w4 w5"],
+                                       "highlights": ["cat sat", "dog ran home"]})
+    qmodel = INCQuantizer(model, task="summarization", tokenizer=tokenizer).quantize(
+        tuning=TuningConfig(tolerable_loss=1.0, tolerance_mode="absolute", fallback_dtype="float32"), eval_dataset=data,
+        generation_kwargs={"max_new_tokens": 4}, show_progress=False, save_directory=tmp_path / "bart-int8",
+    )
+    record = qmodel.config.quantization_config.manifest.tuning
+    assert record.metric == "rougeLsum" and record.higher_is_better and record.tolerance_met
+    assert record.trial_results[0]["fallbacks"] == 0 and record.trials == 1
+    assert (tmp_path / "bart-int8" / "config.json").is_file()
