@@ -334,6 +334,16 @@ def test_a_pickle_that_needs_code_is_refused_and_nothing_runs(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_torchscript_checkpoint_is_refused(tmp_path):
+    """neural-compressor's IPEX backend saved a TorchScript program as pytorch_model.bin."""
+    folder = copy_fixture("bert_seqcls_dynamic", tmp_path / "ipex")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; old IPEX files still exist
+        torch.jit.save(torch.jit.script(nn.Linear(2, 2)), folder / "pytorch_model.bin")
+    with pytest.raises(LegacyCheckpointError, match="TorchScript archive"):
+        INCModelForSequenceClassification.from_pretrained(folder)
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

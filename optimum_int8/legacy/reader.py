@@ -116,6 +116,11 @@ def load_weights_safely(path: str) -> dict:
             "load it with the library that wrote it and save its state_dict again with plain dicts and tensors."
         ) from error
     except (RuntimeError, EOFError, OSError) as error:
+        if "TorchScript" in str(error):
+            raise LegacyCheckpointError(
+                f"{path} is a TorchScript archive (neural-compressor's IPEX backend): a program, not a state dict. "
+                "optimum-int8 does not run code from checkpoints; quantize the fp32 model with optimum-int8 instead."
+            ) from error
         raise LegacyCheckpointError(f"{path} is not a readable torch checkpoint ({error}); download it again.") from error
     if not isinstance(state_dict, Mapping):
         raise LegacyCheckpointError(f"{path} holds a {type(state_dict).__name__}, not a state dict.")
@@ -164,7 +169,7 @@ def _module_versions(state_dict) -> dict[str, int] | None:
 
 
 def clean_config(config: dict) -> dict:
-    """config.json without the old writers' additions (kept, they would mislead today's transformers)."""
+    """config.json without the old writers' additions, which would mislead today's transformers."""
     return {key: value for key, value in config.items() if value not in _OLD_STACK_CONFIG_KEYS.get(key, ())}
 
 
