@@ -15,11 +15,17 @@ import torch
 import yaml
 from conftest import LEGACY_FIXTURES, TINY_ARCHS
 from torch import nn
-from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+from torch.ao.quantization import (
+    default_dynamic_qconfig,
+    float_qparams_weight_only_qconfig,
+    per_channel_dynamic_qconfig,
+    quantize_dynamic,
+)
 from transformers import AutoTokenizer, BartModel, BertForSequenceClassification
 
 from optimum_int8 import (
     INCModel,
+    INCModelForCausalLM,
     INCModelForSeq2SeqLM,
     INCModelForSequenceClassification,
     Int8DynamicLinear,
@@ -241,26 +247,24 @@ def test_bf16_fallback_loads_as_bfloat16_linear_and_converts(loaded, tmp_path):
     assert torch.equal(logits(converted, inputs), logits(model, inputs))
 
 
-def _write_eager_checkpoint(folder: Path, fp32_modules=("lm_head", "model.decoder.layers.0.fc2")):
-    """A tiny BART quantized with torch.ao's eager dynamic quantization, saved as optimum-intel 1.3-1.5 did
-    (state dict + best_configure in pytorch_model.bin, config.json with torch_dtype int8 and framework pytorch).
-    fc1 layers get per-tensor weights (torch.ao's default), the others per-channel (INC's)."""
-    bart = TINY_ARCHS["bart"]
-    fp32 = bart.build(seed=3)
-    qconfigs, ops = {}, {}
-    for name, module in fp32.named_modules():
-        if type(module) is not nn.Linear:
-            continue
-        if name in fp32_modules:
-            ops[(name, "Linear")] = {"weight": {"dtype": "fp32"}, "activation": {"dtype": "fp32", "quant_mode": "fp32"}}
-            continue
-        per_tensor = name.endswith("fc1")
-        qconfigs[name] = default_dynamic_qconfig if per_tensor else per_channel_dynamic_qconfig
-        ops[(name, "Linear")] = {
-            "weight": {"dtype": "int8", "scheme": "sym", "algorithm": "minmax",
-                       "granularity": "per_tensor" if per_tensor else "per_channel"},
-            "activation": {"dtype": "uint8", "quant_mode": "dynamic", "scheme": "asym", "algorithm": "minmax",
-                           "granularity": "per_tensor"}}
+FP32_OP = {"weight": {"dtype": "fp32"}, "activation": {"dtype": "fp32", "quant_mode": "fp32"}}
+DYNAMIC_ACTIVATION = {"dtype": "uint8", "quant_mode": "dynamic", "scheme": "asym", "algorithm": "minmax", "granularity": "per_tensor"}
+UINT8_EMBEDDING_OP = {"weight": {"dtype": "uint8", "scheme": "asym_float", "algorithm": "minmax", "granularity": "per_channel"},
+                      "activation": {"dtype": "fp32", "quant_mode": "dynamic", "algorithm": "placeholder"}}
+
+
+def _save_eager_checkpoint(folder: Path, fp32, qconfigs: dict, fp32_ops=()):
+    """``fp32`` quantized with torch.ao's eager dynamic quantization (``qconfigs``: module name -> qconfig) and
+    saved as optimum-intel 1.3-1.5 did: state dict + best_configure in pytorch_model.bin, config.json with
+    torch_dtype int8 and framework pytorch. Returns the quantized model, the old runtime's reference."""
+    ops = {(name, "Linear"): FP32_OP for name in fp32_ops}
+    for name, qconfig in qconfigs.items():
+        if isinstance(fp32.get_submodule(name), nn.Embedding):
+            ops[(name, "Embedding")] = UINT8_EMBEDDING_OP
+        else:
+            granularity = "per_tensor" if qconfig is default_dynamic_qconfig else "per_channel"
+            ops[(name, "Linear")] = {"weight": {"dtype": "int8", "scheme": "sym", "algorithm": "minmax",
+                                                "granularity": granularity}, "activation": DYNAMIC_ACTIVATION}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qmodel = quantize_dynamic(fp32, qconfigs)
@@ -271,7 +275,17 @@ def _write_eager_checkpoint(folder: Path, fp32_modules=("lm_head", "model.decode
     torch.save(state_dict, folder / "pytorch_model.bin")
     config = fp32.config.to_dict() | {"torch_dtype": "int8", "framework": "pytorch"}
     (folder / "config.json").write_text(json.dumps(config))
-    return qmodel, bart.inputs()
+    return qmodel
+
+
+def _write_eager_checkpoint(folder: Path):
+    """A tiny BART in the eager layout, lm_head and one fc2 kept fp32; fc1 layers get per-tensor weights
+    (torch.ao's default), the other Linear modules per-channel ones (INC's)."""
+    bart = TINY_ARCHS["bart"]
+    fp32 = bart.build(seed=3)
+    linears = [name for name, module in fp32.named_modules() if type(module) is nn.Linear and name not in FP32_FALLBACKS]
+    qconfigs = {name: default_dynamic_qconfig if name.endswith("fc1") else per_channel_dynamic_qconfig for name in linears}
+    return _save_eager_checkpoint(folder, fp32, qconfigs, fp32_ops=FP32_FALLBACKS), bart.inputs()
 
 
 def test_eager_checkpoint_written_with_torch_ao_loads_exactly(tmp_path):
@@ -280,6 +294,25 @@ def test_eager_checkpoint_written_with_torch_ao_loads_exactly(tmp_path):
     assert torch.equal(logits(model, inputs), logits(qmodel, inputs))
     assert type(model.model.encoder.layers[0].fc1) is Int8DynamicLinear
     assert model.config.quantization_config.manifest.fallback_modules == FP32_FALLBACKS
+
+
+def test_eager_gpt2_with_quantized_embeddings_and_tied_int8_lm_head(tmp_path):
+    """Any architecture whose modules best_configure names: GPT-2's Conv1D layers stay float (fallbacks),
+    its lm_head (tied to wte) is int8 and wte/wpe are uint8 embeddings."""
+    gpt2 = TINY_ARCHS["gpt2"]
+    qconfigs = {"lm_head": per_channel_dynamic_qconfig, "transformer.wte": float_qparams_weight_only_qconfig,
+                "transformer.wpe": float_qparams_weight_only_qconfig}
+    qmodel = _save_eager_checkpoint(tmp_path / "gpt2", gpt2.build(seed=4), qconfigs)
+    model = INCModelForCausalLM.from_pretrained(tmp_path / "gpt2")
+    inputs = gpt2.inputs()
+    assert torch.equal(logits(model, inputs), logits(qmodel, inputs))
+    prompt = {"input_ids": inputs["input_ids"][:, :5], "attention_mask": inputs["attention_mask"][:, :5]}
+    assert torch.equal(model.generate(**prompt, max_new_tokens=4, do_sample=False),
+                       qmodel.generate(**prompt, max_new_tokens=4, do_sample=False))
+    assert type(model.transformer.wte) is Int8Embedding and type(model.lm_head) is Int8DynamicLinear
+    manifest = model.config.quantization_config.manifest
+    assert manifest.int8_modules == ["lm_head"] and set(manifest.fallback_modules.values()) == {"float32"}
+    assert "transformer.h.0.attn.c_attn" in manifest.fallback_modules
 
 
 def test_state_dict_without_torch_module_versions_warns_that_activations_were_8_bit(tmp_path):
