@@ -428,6 +428,8 @@ def test_cli_converts_and_reports_errors(tmp_path, capsys):
     assert "exists and is not an empty directory" in capsys.readouterr().err
     assert cli_main(["convert", str(source), str(tmp_path / "no-task")]) == 1
     assert "names no architecture" in capsys.readouterr().err
+    assert cli_main(["convert", str(tmp_path / "cli"), str(tmp_path / "again")]) == 1
+    assert "is not a legacy INC int8 checkpoint" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli"]
 
 
