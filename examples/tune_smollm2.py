@@ -12,6 +12,7 @@ evaluations used and the sizes.
 """
 
 import argparse
+import copy
 import importlib.util
 import json
 import subprocess
@@ -82,7 +83,15 @@ def main() -> None:
     gguf = next(model_dir.rglob(GGUF_FILE))
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers marks a GGUF-loaded model as quantized (quant_method "gguf") although its Linear weights
+    # are plain dequantized fp32 tensors: rebuild it as an ordinary fp32 model with the same weights.
+    config = copy.deepcopy(gguf_model.config)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.eval()
+    del gguf_model
     print(f"loaded {gguf.name} dequantized to fp32 in {time.perf_counter() - start:.0f} s "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
     fp32_mib = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
