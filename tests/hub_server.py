@@ -93,7 +93,6 @@ class HubServer:
         self._httpd.hub = self
         self._httpd.server_bind()  # reserves the port; connections are refused until serving()
         self.endpoint = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._serving = False
 
     def configure_clients(self) -> None:
         """Point huggingface_hub at this server, with an empty cache and no token (before it is imported)."""
