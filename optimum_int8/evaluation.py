@@ -367,10 +367,12 @@ class TaskEvaluator:
             self.metric_name = metric_key or getattr(metric, "name", None) or getattr(metric, "__name__", "metric")
         if tokenizer is None:
             raise ValueError(f"task {self.task!r} needs the model's tokenizer to build inputs.")
-        if self.task == "text-generation" and tokenizer.pad_token is None:
-            # Batches need a pad token; padded positions are masked out of the perplexity.
+        if self.task == "text-generation" and (tokenizer.pad_token is None or tokenizer.padding_side != "right"):
+            # Batches need a pad token, and right padding keeps each text at the positions it has when run
+            # alone (decoder-only models number positions from the first token); padding is masked out.
             self.tokenizer = copy.deepcopy(tokenizer)
-            self.tokenizer.pad_token = tokenizer.eos_token
+            self.tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+            self.tokenizer.padding_side = "right"
         if self.task in ("token-classification", "question-answering") and not getattr(tokenizer, "is_fast", False):
             raise ValueError(f"task {self.task!r} needs a fast tokenizer (word ids / offsets); got {type(tokenizer).__name__}.")
 

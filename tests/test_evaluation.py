@@ -228,6 +228,7 @@ def test_perplexity_is_exp_of_the_models_own_mean_token_loss():
     assert evaluator.metric_name == "perplexity" and not evaluator.higher_is_better
     assert evaluator(model) == pytest.approx(expected, rel=1e-5)
     # Padding is masked: a shorter second text must not change the first text's contribution.
+    tokenizer.padding_side = "left"  # the evaluator pads on the right whatever the tokenizer says
     mixed = TaskEvaluator("causal-lm", datasets.Dataset.from_dict({"text": [text, "w1 w2"]}), tokenizer, batch_size=2,
                           show_progress=False)
     separate = [TaskEvaluator("causal-lm", datasets.Dataset.from_dict({"text": [t]}), tokenizer, show_progress=False)
