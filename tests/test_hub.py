@@ -9,7 +9,7 @@ from conftest import HUB, LEGACY_FIXTURES
 from huggingface_hub import HfApi, ModelCard
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from optimum_int8 import INCModelForSeq2SeqLM, Int8Config, quantize_model
+from optimum_int8 import INCModelForSeq2SeqLM, INCModelForSequenceClassification, Int8Config, pipeline, quantize_model
 from optimum_int8.hub import HubAccessError
 
 BART_FIXTURE = LEGACY_FIXTURES / "bart_seq2seq_dynamic"
@@ -199,19 +199,16 @@ def test_push_without_write_access_is_a_clear_error(hub, private_repo):
 
 
 def test_pipeline_loads_model_and_tokenizer_by_repo_id(hub, repo_id, tokenizer):
-    pipelines = pytest.importorskip("optimum_int8.pipelines")
     token = hub.token("alice")
     qmodel = quantized_bart(["lm_head"])
     qmodel.push_to_hub(repo_id, token=token, tokenizer=tokenizer, private=True)
-    by_id = pipelines.pipeline("summarization", model=repo_id, token=token, max_new_tokens=8, min_new_tokens=8)
-    in_memory = pipelines.pipeline("summarization", model=qmodel, tokenizer=tokenizer, max_new_tokens=8, min_new_tokens=8)
+    by_id = pipeline("summarization", model=repo_id, token=token, max_new_tokens=8, min_new_tokens=8)
+    in_memory = pipeline("summarization", model=qmodel, tokenizer=tokenizer, max_new_tokens=8, min_new_tokens=8)
     assert by_id(SENTENCES) == in_memory(SENTENCES)
     assert by_id.model.config.quantization_config.manifest.fallback_modules == {"lm_head": "float32"}
 
 
 def test_legacy_inc_repo_loads_by_repo_id(hub, tmp_path):
-    from optimum_int8 import INCModelForSequenceClassification
-
     fixture = LEGACY_FIXTURES / "bert_seqcls_dynamic"
     repo_id, token = "alice/bert-legacy-inc-int8", hub.token("alice")
     api = HfApi()
