@@ -94,7 +94,10 @@ class INCQuantizer:
         path = str(model_or_path)
         model = _model_class(path, task).from_pretrained(path, **model_kwargs).eval()
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path)
+            except (OSError, ValueError):
+                tokenizer = None  # untuned quantization needs none; built-in evaluation says it does
         return cls(model, task=task, tokenizer=tokenizer)
 
     def quantize(
