@@ -1,5 +1,6 @@
 """Checkpoint files on disk: validate int8 safetensors before trusting them; save atomically."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -110,6 +111,28 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_directory(target: Path, carry_over: bool = True):
+    """Yield a temporary sibling directory of ``target`` to write into; on success it replaces ``target``.
+
+    On any failure the temporary directory is removed and ``target`` is left exactly as it was. With
+    ``carry_over``, files already in ``target`` other than weights (tokenizer, README, ...) are kept.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        if carry_over and target.is_dir():
+            _carry_over(target, staging)
+        yield staging
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def atomic_save_pretrained(model, save_directory, *args, **kwargs):
     """``save_pretrained`` that writes into a temporary sibling directory and renames it into place.
 
@@ -124,17 +147,6 @@ def atomic_save_pretrained(model, save_directory, *args, **kwargs):
         push_kwargs = {key: kwargs.pop(key) for key in hub.PUSH_KEYWORDS if key in kwargs}
         return hub.push_to_hub(model, push_kwargs.pop("repo_id", target.name), save_directory=target, save_args=args,
                                save_kwargs=kwargs, **push_kwargs)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        if target.is_dir():
-            _carry_over(target, staging)
+    with staged_directory(target) as staging:
         type(model).save_pretrained(model, staging, *args, **kwargs)
         modelcard.write_model_card(model, staging, repo_id=target.name)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
-        _swap_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

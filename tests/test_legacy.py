@@ -155,6 +155,7 @@ def test_converted_checkpoint_computes_bit_for_bit_what_the_legacy_one_does(name
     cls, ref = FIXTURES[name], reference(name)
     out = convert_legacy_checkpoint(LEGACY_FIXTURES / name, tmp_path / "converted", task=TASKS[cls])
     assert (out / "model.safetensors").is_file() and not (out / "pytorch_model.bin").exists()
+    assert "Linear modules kept in" in (out / "README.md").read_text()
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "optimum_int8" and "int8" not in str(config.get("dtype"))
     converted = cls.from_pretrained(out)

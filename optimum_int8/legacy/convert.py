@@ -1,8 +1,6 @@
 """Rewrite a legacy INC int8 checkpoint in optimum-int8's safetensors format."""
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import transformers
@@ -18,6 +16,8 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from .. import modelcard
+from ..checkpoint import staged_directory
 from ..nn import Int8DynamicLinear, StaticInt8Linear
 from .builder import architecture_class, build_legacy_model
 from .reader import LegacyCheckpointError, download_kwargs, find_legacy_checkpoint, read_legacy_checkpoint, resolve_file
@@ -110,22 +110,12 @@ def convert_legacy_checkpoint(source, destination, *, task: str | None = None, s
             )
         converted = static_to_dynamic(model)
         model.config.quantization_config.manifest.created_with["legacy-static-as-dynamic"] = f"{len(converted)} modules"
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=destination.parent))
-    try:
+    with staged_directory(destination, carry_over=False) as staging:
         type(model).save_pretrained(model, staging)
+        modelcard.write_model_card(model, staging, repo_id=destination.name)
         hub_kwargs = download_kwargs(kwargs)
         for name in TOKENIZER_FILES:
             path = resolve_file(source, name, hub_kwargs)
             if path is not None:
                 shutil.copyfile(path, staging / name)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
-        if destination.exists():
-            destination.rmdir()
-        os.rename(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return destination
