@@ -94,7 +94,8 @@ def main() -> None:
     del gguf_model
     print(f"loaded {gguf.name} dequantized to fp32 in {time.perf_counter() - start:.0f} s "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
-    fp32_mib = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+    unique = {t.data_ptr(): t for t in model.state_dict().values()}  # the tied lm_head/embedding counted once
+    fp32_mib = sum(t.numel() * t.element_size() for t in unique.values()) / 2**20
 
     eval_file = write_jsonl(args.workdir / "aclsum_test_text.jsonl", paper_texts("test", args.eval_papers))
     calibration_file = write_jsonl(args.workdir / "aclsum_train_text.jsonl", paper_texts("train", args.calibration_papers))
@@ -120,7 +121,7 @@ def main() -> None:
           f"({record.fallback_dtype or 'none needed'}): {sorted(manifest.fallback_modules)}")
     print(f"evaluations {record.evaluations} (fp32 baseline + {record.trials} int8 trials), stop: {record.stop_reason}, "
           f"tuning time {seconds:.0f} s")
-    print(f"size fp32 {fp32_mib:.1f} MiB (state dict)  int8 {size_mib(int8_dir):.1f} MiB (safetensors)")
+    print(f"size fp32 {fp32_mib:.1f} MiB (parameters)  int8 {size_mib(int8_dir):.1f} MiB (safetensors)")
 
 
 if __name__ == "__main__":
