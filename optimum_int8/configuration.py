@@ -9,7 +9,8 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 QUANT_METHOD = "optimum_int8"
 FORMAT_VERSION = 1
 SCHEME_INT8_DYNAMIC = "int8_dynamic"
-SUPPORTED_SCHEMES = (SCHEME_INT8_DYNAMIC,)
+SCHEME_IBERT = "ibert"
+SUPPORTED_SCHEMES = (SCHEME_INT8_DYNAMIC, SCHEME_IBERT)
 FALLBACK_DTYPES = ("float32", "bfloat16")
 TOLERANCE_MODES = ("relative", "absolute")
 
@@ -86,8 +87,15 @@ class FallbackManifest:
     fallback_modules: dict[str, str] = dataclasses.field(default_factory=dict)
     created_with: dict[str, str] = dataclasses.field(default_factory=library_versions)
     tuning: TuningRecord | None = None
+    # ibert scheme only: static activation scales, {integer module name: {point: scale}} (docs/format.md).
+    activation_scales: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
+        for name, points in self.activation_scales.items():
+            if not isinstance(points, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf") for v in points.values()
+            ):
+                raise ConfigError(f"manifest.activation_scales[{name!r}] must map points to positive finite scales, got {points!r}")
         overlap = sorted(set(self.int8_modules) & set(self.fallback_modules))
         if overlap:
             raise ConfigError(f"manifest lists module(s) {overlap} both in int8_modules and fallback_modules")
@@ -108,6 +116,8 @@ class FallbackManifest:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["tuning"] = self.tuning.to_dict() if self.tuning is not None else None
+        if not data["activation_scales"]:
+            del data["activation_scales"]
         return data
 
 
@@ -121,6 +131,8 @@ class Int8Config(QuantizationConfigMixin):
             fallback, fast on CPUs with AVX-512 BF16 or AMX. A module may not be named in both lists.
         manifest: filled in when the model is quantized; lists the exact module names. A config read
             from a checkpoint always has one.
+        scheme: ``"int8_dynamic"`` (the above) or ``"ibert"``: integer-only BERT/RoBERTa/I-BERT encoders
+            with static activation scales from calibration data (docs/ibert.md).
     """
 
     def __init__(
@@ -141,6 +153,11 @@ class Int8Config(QuantizationConfigMixin):
             )
         if scheme not in SUPPORTED_SCHEMES:
             raise ConfigError(f"quantization_config.scheme is {scheme!r}; supported schemes are {SUPPORTED_SCHEMES}")
+        if scheme == SCHEME_IBERT and (modules_in_fp32 or modules_in_bf16):
+            raise ConfigError(
+                "the ibert scheme runs the whole encoder on integers and keeps only the task head in float; "
+                "modules_in_fp32 / modules_in_bf16 apply to the int8_dynamic scheme."
+            )
         for key, names in (("modules_in_fp32", modules_in_fp32), ("modules_in_bf16", modules_in_bf16)):
             if isinstance(names, str) or not all(isinstance(m, str) for m in names or []):
                 raise ConfigError(f"{key} must be a list of module names (strings)")

@@ -27,7 +27,7 @@ from transformers.utils import logging
 from . import linear_modules
 from ._memory import FilePageReleaser
 from .checkpoint import CheckpointError, atomic_save_pretrained, read_tensor_headers, validate_module_tensors
-from .configuration import QUANT_METHOD, FallbackManifest, Int8Config
+from .configuration import QUANT_METHOD, SCHEME_IBERT, FallbackManifest, Int8Config
 from .hub import push_to_hub
 from .nn import BFloat16Linear, Int8DynamicLinear, kernels
 
@@ -75,6 +75,14 @@ class Int8HfQuantizer(HfQuantizer):
     """Swaps Linear modules for ``Int8DynamicLinear`` (and bf16 fallbacks) around transformers' weight loading."""
 
     requires_calibration = False
+
+    def __new__(cls, quantization_config: Int8Config, **kwargs):
+        # transformers maps our quant_method to this one class; the ibert scheme has its own hooks.
+        if cls is Int8HfQuantizer and quantization_config.scheme == SCHEME_IBERT:
+            from .ibert.quantizer import IBertHfQuantizer
+
+            cls = IBertHfQuantizer
+        return super().__new__(cls)
 
     def __init__(self, quantization_config: Int8Config, **kwargs):
         super().__init__(copy.deepcopy(quantization_config), **kwargs)
@@ -258,11 +266,13 @@ def _out_in(module) -> tuple[int, int]:
     return module.out_features, module.in_features
 
 
-def quantize_model(model: PreTrainedModel, config: Int8Config | None = None) -> PreTrainedModel:
+def quantize_model(model: PreTrainedModel, config: Int8Config | None = None, calibration_data=None) -> PreTrainedModel:
     """Quantize a loaded fp32 transformers model in place (and return it) with dynamic int8 Linear layers.
 
     The model keeps its class; ``config.quantization_config`` gets the manifest of what is int8 and what
     stayed fp32, so ``save_pretrained`` writes a checkpoint that ``from_pretrained`` restores.
+    With ``Int8Config(scheme="ibert")`` the encoder becomes integer-only instead, with static activation
+    scales measured on ``calibration_data``: an iterable of model input dicts (docs/ibert.md).
     """
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"quantize_model expects a transformers PreTrainedModel, got {type(model).__name__}")
@@ -276,7 +286,9 @@ def quantize_model(model: PreTrainedModel, config: Int8Config | None = None) -> 
         raise ValueError(f"quantize_model runs on CPU; the model has parameters on {sorted(devices)}. Call model.cpu() first.")
     config = copy.deepcopy(config) if config is not None else Int8Config()
     config.manifest = None
-    quantizer = Int8HfQuantizer(config, pre_quantized=False)
+    if calibration_data is not None and config.scheme != SCHEME_IBERT:
+        raise ValueError(f"calibration_data sets static activation scales; the {config.scheme!r} scheme quantizes activations per call and takes none.")
+    quantizer = Int8HfQuantizer(config, pre_quantized=False, calibration_data=calibration_data)
     quantizer.validate_environment()
     try:
         quantizer.preprocess_model(model, dtype=model.dtype)

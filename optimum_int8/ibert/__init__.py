@@ -1,0 +1,10 @@
+"""Integer-only inference for BERT, RoBERTa and I-BERT encoders (I-BERT, Kim et al., 2021): ``Int8Config(scheme="ibert")``.
+
+``quantize_model(model, Int8Config(scheme="ibert"), calibration_data=batches)`` converts a loaded model;
+``INCModelFor<Task>.from_pretrained`` reloads the saved checkpoint. docs/ibert.md maps the pieces to the paper.
+"""
+
+from .calibration import calibrate, scales_from_ibert
+from .modules import IntegerEmbeddings, IntegerEncoder
+
+__all__ = ["IntegerEmbeddings", "IntegerEncoder", "calibrate", "scales_from_ibert"]
