@@ -1,0 +1,25 @@
+"""Benchmarks of our int8 models against fp32, bf16 and ONNX Runtime's dynamic int8, ratios from one run.
+
+    from optimum_int8.benchmark import BenchmarkSettings, run_benchmark
+    result = run_benchmark(BenchmarkSettings(model="bart-large-cnn", fallbacks=[...]))
+
+Variants (``VARIANTS``), workloads (``WORKLOADS``) and model presets (``PRESETS``) are small registries:
+``register_variant`` / ``register_workload`` / ``register_preset`` add to them. docs/benchmarks.md has the
+measured table and the command that produced it.
+"""
+
+from . import onnx_runtime  # noqa: F401  (registers the ort-int8 variant)
+from .load_memory import LoadMeasurement, measure_in_fresh_process
+from .presets import PRESETS, ModelPreset, register_preset
+from .report import markdown_table, print_table, write_json, write_plot
+from .results import BenchmarkResult, VariantResult
+from .runner import BenchmarkSettings, read_module_list, run_benchmark
+from .variants import VARIANTS, Variant, fallback_variants, int8_variant, register_variant
+from .workloads import WORKLOADS, Workload, register_workload
+
+__all__ = [
+    "PRESETS", "VARIANTS", "WORKLOADS", "BenchmarkResult", "BenchmarkSettings", "LoadMeasurement", "ModelPreset",
+    "Variant", "VariantResult", "Workload", "fallback_variants", "int8_variant", "markdown_table",
+    "measure_in_fresh_process", "print_table", "read_module_list", "register_preset", "register_variant",
+    "register_workload", "run_benchmark", "write_json", "write_plot",
+]

@@ -1,0 +1,115 @@
+"""What is compared: each variant builds its checkpoint from the fp32 one and loads it back.
+
+``load`` must be a module-level function: the load-memory measurement calls it by name in a fresh
+process. Add one with ``register_variant``; ``int8_variant`` builds int8 variants with fallbacks.
+"""
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import transformers
+
+from ..checkpoint import staged_directory
+from ..configuration import Int8Config
+
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.onnx", "*.onnx.data")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str  # short, for the table and the plot
+    description: str
+    # (fp32 checkpoint directory, output directory): writes this variant's checkpoint.
+    build: Callable[[Path, Path], None] | None
+    load: Callable[[Path], object]
+    requires: tuple[str, ...] = ()  # importable modules it needs (optional extras)
+
+    def missing_requirements(self) -> list[str]:
+        return [module for module in self.requires if importlib.util.find_spec(module) is None]
+
+    def checkpoint(self, fp32_dir: Path, workdir: Path) -> Path:
+        """This variant's checkpoint, built once into ``workdir`` (the fp32 variant uses ``fp32_dir``)."""
+        if self.build is None:
+            return fp32_dir
+        target = workdir / self.name
+        if not (target / "config.json").is_file():
+            with staged_directory(target, carry_over=False) as staging:
+                self.build(fp32_dir, staging)
+        return target
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def register_variant(variant: Variant) -> Variant:
+    VARIANTS[variant.name] = variant
+    return variant
+
+
+def checkpoint_bytes(directory: Path) -> int:
+    """Bytes of weight files (safetensors, pickles, ONNX graphs and their external data)."""
+    files = {path for pattern in WEIGHT_FILE_PATTERNS for path in Path(directory).rglob(pattern)}
+    return sum(path.stat().st_size for path in files)
+
+
+def model_class(directory: Path):
+    """The transformers class named in ``config.json``'s ``architectures``."""
+    config_file = Path(directory) / "config.json"
+    architectures = json.loads(config_file.read_text()).get("architectures") or []
+    if not architectures or not hasattr(transformers, architectures[0]):
+        raise ValueError(
+            f"{config_file}: 'architectures' is {architectures!r}; the benchmark needs a transformers model class "
+            "there (save the model with save_pretrained)."
+        )
+    return getattr(transformers, architectures[0])
+
+
+def load_float32(directory: Path):
+    return model_class(directory).from_pretrained(directory, dtype=torch.float32).eval()
+
+
+def load_bfloat16(directory: Path):
+    return model_class(directory).from_pretrained(directory, dtype=torch.bfloat16).eval()
+
+
+def load_int8(directory: Path):
+    """An optimum-int8 checkpoint, through plain transformers (our quantizer is registered on import)."""
+    return model_class(directory).from_pretrained(directory).eval()
+
+
+def _save_bfloat16(fp32_dir: Path, out_dir: Path) -> None:
+    load_bfloat16(fp32_dir).save_pretrained(out_dir)
+
+
+def int8_variant(name: str, label: str, description: str, modules_in_fp32=(), modules_in_bf16=()) -> Variant:
+    """Our int8 model quantized from the fp32 checkpoint while loading, with the given fallbacks."""
+
+    def build(fp32_dir: Path, out_dir: Path) -> None:
+        config = Int8Config(modules_in_fp32=list(modules_in_fp32), modules_in_bf16=list(modules_in_bf16))
+        model_class(fp32_dir).from_pretrained(fp32_dir, quantization_config=config).save_pretrained(out_dir)
+
+    return Variant(name, label, description, build, load_int8)
+
+
+def fallback_variants(modules: list[str], source: str) -> list[Variant]:
+    """int8 with ``modules`` kept in fp32, and with them in bf16; named after the list's content."""
+    digest = hashlib.sha1("\n".join(modules).encode()).hexdigest()[:8]
+    what = f"{len(modules)} Linear modules from {source} kept in"
+    return [
+        int8_variant(f"int8-fallback-fp32-{digest}", f"int8 + {len(modules)} fp32 fallbacks",
+                     f"optimum-int8, {what} fp32", modules_in_fp32=modules),
+        int8_variant(f"int8-fallback-bf16-{digest}", f"int8 + {len(modules)} bf16 fallbacks",
+                     f"optimum-int8, {what} bf16", modules_in_bf16=modules),
+    ]
+
+
+register_variant(Variant("fp32", "torch fp32", "transformers model in float32", None, load_float32))
+register_variant(Variant("bf16", "torch bf16", "transformers model loaded with dtype=torch.bfloat16", _save_bfloat16,
+                         load_bfloat16))
+register_variant(int8_variant("int8", "int8, every Linear", "optimum-int8, every Linear module int8"))

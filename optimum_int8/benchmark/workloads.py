@@ -1,0 +1,78 @@
+"""What is timed: small functions over a loaded model, each with its own input sizes.
+
+A workload turns a model config and its sizes into inputs (seeded, the same for every variant), and runs
+one timed call. Add one with ``register_workload``; a preset may override the sizes of any workload.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from transformers import PretrainedConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    # The column title, from the sizes: "greedy 512→32, bs 1".
+    title: Callable[[dict], str]
+    sizes: dict
+    applies: Callable[[PretrainedConfig], bool]
+    make_inputs: Callable[[PretrainedConfig, dict, torch.Generator], dict]
+    run: Callable[[object, dict, dict], object]
+
+
+WORKLOADS: dict[str, Workload] = {}
+
+
+def register_workload(workload: Workload) -> Workload:
+    WORKLOADS[workload.name] = workload
+    return workload
+
+
+def random_token_ids(config: PretrainedConfig, batch: int, length: int, generator: torch.Generator) -> dict:
+    """Token ids above the usual special tokens (0-3), with a full attention mask."""
+    input_ids = torch.randint(4, config.vocab_size, (batch, length), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def _is_seq2seq(config: PretrainedConfig) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def _prompt(config, sizes, generator):
+    return random_token_ids(config, sizes.get("batch", 1), sizes["prompt_length"], generator)
+
+
+def _generate(model, inputs, sizes):
+    """Exactly ``new_tokens`` tokens for every variant: min = max, so no early end-of-sequence."""
+    return model.generate(
+        **inputs, num_beams=sizes["beams"], do_sample=False,
+        max_new_tokens=sizes["new_tokens"], min_new_tokens=sizes["new_tokens"],
+    )
+
+
+def _encode(model, inputs, sizes):
+    return model.get_encoder()(**inputs)
+
+
+register_workload(Workload(
+    "greedy",
+    lambda s: f"greedy {s['prompt_length']}→{s['new_tokens']}, bs {s.get('batch', 1)}",
+    dict(prompt_length=512, new_tokens=32, beams=1),
+    _is_seq2seq, _prompt, _generate,
+))
+register_workload(Workload(
+    "beam",
+    lambda s: f"beam {s['beams']}, {s['prompt_length']}→{s['new_tokens']}",
+    dict(prompt_length=512, new_tokens=32, beams=4),
+    _is_seq2seq, _prompt, _generate,
+))
+register_workload(Workload(
+    "encoder",
+    lambda s: f"encoder {s['batch']}x{s['length']}",
+    dict(batch=4, length=512),
+    _is_seq2seq,
+    lambda config, s, generator: random_token_ids(config, s["batch"], s["length"], generator),
+    _encode,
+))

@@ -1,0 +1,131 @@
+"""The benchmark runs end to end on the tiny preset and reports consistent numbers (never timing asserts)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from optimum_int8 import cli
+from optimum_int8.benchmark import (
+    PRESETS,
+    WORKLOADS,
+    BenchmarkSettings,
+    markdown_table,
+    read_module_list,
+    run_benchmark,
+    write_json,
+    write_plot,
+)
+from optimum_int8.benchmark.onnx_runtime import OrtSeq2SeqLM, export_onnx
+from optimum_int8.benchmark.variants import checkpoint_bytes, load_float32
+from optimum_int8.benchmark.workloads import random_token_ids
+
+TINY_SIZES = {"greedy": {"new_tokens": 4}, "beam": {"new_tokens": 4}, "encoder": {"batch": 2, "length": 16}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny ops on two threads of a busy 2-core machine wait on each other for milliseconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("benchmark")
+    settings = BenchmarkSettings(
+        model="tiny", workdir=workdir, fallbacks=["lm_head", "model.decoder.layers.*.fc2"], fallbacks_source="test",
+        repeats=2, warmup=1, threads=1, sizes=TINY_SIZES,
+    )
+    return run_benchmark(settings), workdir
+
+
+def test_every_variant_is_timed_on_every_workload_with_positive_numbers(tiny_result):
+    result, _ = tiny_result
+    names = [variant.name for variant in result.variants]
+    assert names[:3] == ["fp32", "bf16", "int8"] and names[-1] == "ort-int8"
+    assert [name.rsplit("-", 1)[0] for name in names[3:5]] == ["int8-fallback-fp32", "int8-fallback-bf16"]
+    for variant in result.variants:
+        assert set(variant.seconds) == set(WORKLOADS)
+        assert all(len(times) == 2 and all(t > 0 for t in times) for times in variant.seconds.values())
+        assert variant.checkpoint_bytes > 0 and variant.load_seconds > 0 and variant.load_peak_bytes > 0
+
+
+def test_ratios_are_computed_from_the_medians_of_the_same_run(tiny_result):
+    result, _ = tiny_result
+    fp32, bf16 = result.variant("fp32"), result.variant("bf16")
+    data = result.to_dict()
+    for variant, row in zip(result.variants, data["variants"]):
+        for workload in WORKLOADS:
+            assert row["median_seconds"][workload] == variant.median(workload)
+            assert row["speedup"]["fp32"][workload] == pytest.approx(fp32.median(workload) / variant.median(workload))
+            assert row["speedup"]["bf16"][workload] == pytest.approx(bf16.median(workload) / variant.median(workload))
+    assert result.speedup(fp32, "greedy", "fp32") == 1.0
+
+
+def test_sizes_come_from_the_checkpoints_and_int8_is_smaller(tiny_result):
+    result, workdir = tiny_result
+    base = workdir / "tiny-seed0"
+    assert result.variant("fp32").checkpoint_bytes == checkpoint_bytes(base / "fp32")
+    assert result.variant("int8").checkpoint_bytes < result.variant("fp32").checkpoint_bytes
+    assert result.variant("bf16").checkpoint_bytes < result.variant("fp32").checkpoint_bytes
+    assert json.loads((base / "int8" / "config.json").read_text())["quantization_config"]["quant_method"] == "optimum_int8"
+
+
+def test_table_json_and_plot(tiny_result, tmp_path):
+    result, _ = tiny_result
+    table = markdown_table(result)
+    assert table.count("\n") == len(result.variants) + 1 and "vs bf16" in table
+    write_json(result, tmp_path / "result.json")
+    data = json.loads((tmp_path / "result.json").read_text())
+    assert data["settings"]["sizes"]["greedy"]["new_tokens"] == 4 and data["machine"]["cpu_count"] >= 1
+    assert write_plot(result, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_onnx_export_generates_what_torch_generates(tmp_path):
+    """The exported fp32 graphs and the ORT search loops reproduce transformers' greedy and beam search."""
+    torch.manual_seed(3)
+    model = PRESETS["tiny"].build().eval()
+    torch.nn.init.normal_(model.lm_head.weight, std=0.3)  # sharp logits, so the search is not degenerate
+    model.save_pretrained(tmp_path / "fp32")
+    model = load_float32(tmp_path / "fp32")
+    export_onnx(model, tmp_path / "onnx")
+    shutil.copy(tmp_path / "fp32" / "config.json", tmp_path / "onnx" / "config.json")
+    ort = OrtSeq2SeqLM(tmp_path / "onnx", threads=1)
+    inputs = random_token_ids(model.config, 2, 12, torch.Generator().manual_seed(0))
+    inputs["attention_mask"][1, 9:] = 0
+    with torch.inference_mode():
+        for beams in (1, 3):
+            expected = model.generate(**inputs, num_beams=beams, do_sample=False, max_new_tokens=6, min_new_tokens=6,
+                                      forced_eos_token_id=None)
+            assert torch.equal(ort.generate(**inputs, num_beams=beams, max_new_tokens=6, min_new_tokens=6), expected)
+        hidden = ort.get_encoder()(**inputs).last_hidden_state
+        assert torch.allclose(hidden, model.get_encoder()(**inputs).last_hidden_state, atol=1e-4)
+
+
+def test_cli_runs_the_benchmark_and_writes_its_files(tmp_path, capsys):
+    (tmp_path / "fallbacks.txt").write_text("# kept in float\nlm_head\n\n")
+    assert read_module_list(tmp_path / "fallbacks.txt") == ["lm_head"]
+    code = cli.main([
+        "benchmark", "tiny", "--workdir", str(tmp_path / "work"), "--variants", "fp32", "int8", "--workloads", "greedy",
+        "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-load", "--size", "greedy.new_tokens=2",
+        "--json", str(tmp_path / "out.json"), "--plot", str(tmp_path / "out.png"),
+    ])
+    assert code == 0
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert [v["name"] for v in data["variants"]] == ["fp32", "int8"] and data["workloads"] == {"greedy": "greedy 32→2, bs 1"}
+    assert data["variants"][1]["load_seconds"] is None
+    assert "| int8, every Linear |" in capsys.readouterr().out
+
+
+def test_unknown_names_and_wrong_fallbacks_fail_early(tmp_path):
+    with pytest.raises(ValueError, match="unknown variant"):
+        run_benchmark(BenchmarkSettings(model="tiny", workdir=tmp_path, variants=["fp16"]))
+    with pytest.raises(FileNotFoundError, match="neither a preset"):
+        run_benchmark(BenchmarkSettings(model=str(tmp_path / "missing"), workdir=tmp_path))
+    with pytest.raises(ValueError, match="matches no Linear module"):
+        run_benchmark(BenchmarkSettings(model="tiny", workdir=tmp_path, fallbacks=["decoder.fc9"], measure_load=False))
