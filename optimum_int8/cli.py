@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES: tuple[str, ...] = ("optimum_int8.tuning.commands", "optimum_int8.legacy.command")
+COMMAND_MODULES: tuple[str, ...] = ("optimum_int8.tuning.commands", "optimum_int8.legacy.command", "optimum_int8.benchmark.command")
 
 
 def build_parser() -> argparse.ArgumentParser:
