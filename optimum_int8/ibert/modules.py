@@ -125,3 +125,21 @@ class IntegerEncoder(nn.Module):
         for layer in self.layer:
             codes = layer(codes, keep)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=dequantize(codes, self.output_scale))
+
+
+def compile_integer_layers(model: nn.Module, **compile_options) -> nn.Module:
+    """``torch.compile`` the integer embeddings and encoder layers of ``model`` in place (and return it).
+
+    Eager PyTorch runs each integer op as its own pass over int64 tensors; inductor fuses every stage
+    (requantization, i-exp softmax, i-GELU, LayerNorm) into one vectorized loop. All encoder layers share one
+    compiled graph. Integer arithmetic makes the outputs bit-identical to eager mode. The first call compiles
+    (needs a C++ compiler; about a minute on 2 cores, seconds once inductor's cache is warm).
+    """
+    found = False
+    for module in model.modules():
+        if isinstance(module, (IntegerEmbeddings, IntegerEncoderLayer)):
+            module.compile(**compile_options)
+            found = True
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no integer-only modules; quantize it with Int8Config(scheme='ibert') first.")
+    return model

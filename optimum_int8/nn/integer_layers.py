@@ -226,7 +226,8 @@ class IntegerSelfAttention(_ScaledModule):
         query, key, value = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
         scores = integer_kernels.integer_bmm(query, key.transpose(-1, -2))
         probabilities = ops.integer_softmax(
-            scores, keep, self.softmax_x0, self.softmax_b, self.softmax_c, self.softmax_multiplier, self.softmax_shift
+            scores, keep, self.softmax_x0, self.softmax_reciprocal, self.softmax_reciprocal_shift, self.softmax_b,
+            self.softmax_c, self.softmax_multiplier, self.softmax_shift,
         )
         context = integer_kernels.integer_bmm(probabilities, value)
         context = ops.requantize(context, self.context_multiplier, self.context_offset, self.context_shift, 8)
