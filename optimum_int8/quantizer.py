@@ -206,7 +206,7 @@ class Int8HfQuantizer(HfQuantizer):
 
     def _check_and_pack_loaded_modules(self, model):
         releaser = self.file_page_releaser()
-        for name in tqdm(self.target_classes, desc="Packing int8 weights", unit="module", leave=False):
+        for name in tqdm(self.target_classes, desc="Packing int8 and bf16 weights", unit="module", leave=False):
             module = model.get_submodule(name)
             layout = module.state_dict_layout(module.out_features, module.in_features, module.bias is not None)
             loaded = [getattr(module, tensor_name) for tensor_name in layout]
@@ -216,7 +216,7 @@ class Int8HfQuantizer(HfQuantizer):
                         f"tensor {name}.{tensor_name} was not loaded from the checkpoint files; "
                         f"the weights do not match {MANIFEST_SOURCE}."
                     )
-            if isinstance(module, Int8DynamicLinear):
+            if isinstance(module, CONVERTED_CLASSES):
                 module.pack()
                 for tensor in loaded:
                     releaser.release(tensor)
@@ -231,7 +231,7 @@ class Int8HfQuantizer(HfQuantizer):
                 continue
             if module.bias is not None and module.bias.is_meta:
                 raise CheckpointError(f"tensor {name}.bias was not found in the checkpoint being quantized.")
-            if isinstance(module, Int8DynamicLinear):
+            if isinstance(module, CONVERTED_CLASSES):
                 module.pack()
         linear_modules.untie_modules(model, self.target_classes)
 

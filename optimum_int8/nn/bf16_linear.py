@@ -13,7 +13,10 @@ class BFloat16Linear(nn.Module):
     State dict: ``weight_bf16`` (bfloat16, [out, in], Linear orientation also for ``Conv1D``) and
     ``bias`` (bfloat16, [out], optional). The weight is named ``weight_bf16``, not ``weight``, so a
     reader without optimum-int8 reports it missing instead of loading a transposed ``Conv1D`` weight.
-    Weights are converted once, when the module is built; only activations are cast per call.
+
+    Like ``Int8DynamicLinear``, the module runs packed: ``pack()`` moves the weight into the kernel's
+    layout once (oneDNN's blocked bf16 layout where the CPU has bf16 instructions) and drops the plain
+    tensor; the state dict unpacks it exactly. Only activations are cast per call, never the weight.
     """
 
     precision = "bfloat16"
@@ -30,6 +33,13 @@ class BFloat16Linear(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, dtype=torch.bfloat16, device=device), requires_grad=False)
         else:
             self.register_parameter("bias", None)
+        self._packed = None
+
+    def __getattr__(self, name: str):
+        # Once packed, ``weight_bf16`` is the kernel's weight (bf16, [out, in]); state_dict() gives the plain tensor.
+        if name == "weight_bf16" and self.__dict__.get("_packed") is not None:
+            return self._packed.tensor
+        return super().__getattr__(name)
 
     @staticmethod
     def state_dict_layout(out_features: int, in_features: int, has_bias: bool) -> dict:
@@ -41,7 +51,10 @@ class BFloat16Linear(nn.Module):
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "BFloat16Linear":
-        """Convert a float [out, in] weight; ``bias`` may still be on the meta device (loaded later)."""
+        """Convert a float [out, in] weight; the module comes back unpacked (call ``pack()`` to run it).
+
+        ``bias`` may still be on the meta device (it is then loaded later, before packing).
+        """
         out_features, in_features = weight.shape
         module = cls(in_features, out_features, bias=False, device=weight.device)
         module.weight_bf16 = nn.Parameter(weight.detach().to(torch.bfloat16, copy=True), requires_grad=False)
@@ -53,8 +66,28 @@ class BFloat16Linear(nn.Module):
 
     @classmethod
     def from_float(cls, module: nn.Module) -> "BFloat16Linear":
-        """Convert a loaded ``nn.Linear`` or transformers ``Conv1D`` (weight [in, out])."""
-        return cls.from_weight(float_weight(module), module.bias)
+        """Convert a loaded ``nn.Linear`` or transformers ``Conv1D`` (weight [in, out]) and pack it."""
+        converted = cls.from_weight(float_weight(module), module.bias)
+        converted.pack()
+        return converted
+
+    @property
+    def is_packed(self) -> bool:
+        return self._packed is not None
+
+    def pack(self) -> None:
+        """Move the weight into the kernel's layout and drop the plain bf16 parameter."""
+        weight = self._parameters.get("weight_bf16")
+        if weight is None:
+            raise RuntimeError("BFloat16Linear has no weight_bf16 to pack; it is already packed.")
+        if weight.is_meta:
+            raise RuntimeError("BFloat16Linear weights are still on the meta device; load them before packing.")
+        self._packed = kernels.pack_bf16(weight)
+        self.weight_bf16 = None
+
+    def _unpack(self) -> None:
+        self.weight_bf16 = nn.Parameter(self._packed.dense(), requires_grad=False)
+        self._packed = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -62,7 +95,25 @@ class BFloat16Linear(nn.Module):
         return self.weight_bf16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.bf16_linear(x.to(torch.bfloat16), self.weight_bf16, self.bias).to(x.dtype)
+        if not self.is_packed:
+            raise RuntimeError("BFloat16Linear is not packed; load its weights (and call pack()) before running it.")
+        return kernels.bf16_linear(x, self._packed, self.bias)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.is_packed:
+            destination[prefix + "weight_bf16"] = self._packed.dense()
+            if self.bias is not None:
+                destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+        else:
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        was_packed = self.is_packed
+        if was_packed:
+            self._unpack()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if was_packed:
+            self.pack()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, bfloat16"

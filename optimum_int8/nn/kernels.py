@@ -6,7 +6,7 @@ scale. On AVX2-only CPUs the ``vpmaddubsw`` instruction can saturate int16 parti
 packed with ``reduce_range=True`` (7-bit activations), exactly as ``torch.ao`` does on x86.
 
 torch 2.13 deprecates ``torch.ao`` eager quantization; docs/kernels.md says what replaces these calls
-when the ops go. bf16 fallback modules run on torch's bf16 ``linear`` (oneDNN). Legacy INC checkpoints
+when the ops go. bf16 fallback modules run on oneDNN's bf16 GEMM with prepacked weights (``bf16_linear``). Legacy INC checkpoints
 also need ``torch.ao``'s uint8 embedding lookup and its static int8 Linear (``nn.Int8Embedding``,
 ``nn.StaticInt8Linear``). Nothing else in the package calls ``torch.ops.quantized`` directly.
 """
@@ -69,9 +69,48 @@ def unpack_bias(packed) -> torch.Tensor | None:
         return torch.ops.quantized.linear_unpack(packed)[1]
 
 
-def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """bf16 ``x @ weight.T + bias`` for fallback modules (oneDNN's bf16 GEMM on CPUs with AVX-512 BF16/AMX)."""
-    return torch.nn.functional.linear(x, weight, bias)
+# CPUs with bf16 dot-product instructions (AVX-512 BF16, AMX) run oneDNN's bf16 GEMM natively.
+_NATIVE_BF16 = torch.cpu._is_avx512_bf16_supported() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+_AMX_BF16 = torch.cpu._is_amx_tile_supported()
+# Without AMX, a bf16 GEMM with at least this many rows runs slower than fp32 (AVX-512 BF16 does as many
+# multiply-adds per cycle as fp32 FMA, plus conversions), so it runs in fp32 on an fp32 copy of the weight.
+BF16_FP32_MIN_ROWS = 64
+
+
+class PackedBFloat16Weight:
+    """A bf16 [out, in] weight in the layout the bf16 GEMM reads: oneDNN's blocked layout on CPUs with native
+    bf16, else the plain tensor. Copies and pickles as the plain tensor (oneDNN tensors have no storage)."""
+
+    def __init__(self, weight: torch.Tensor):
+        weight = weight.detach().to(torch.bfloat16)
+        self.tensor = torch.ops.mkldnn._reorder_linear_weight(weight, 1) if _NATIVE_BF16 else weight.contiguous().clone()
+
+    def dense(self) -> torch.Tensor:
+        """The plain [out, in] bf16 weight, exactly."""
+        return self.tensor.to_dense() if self.tensor.is_mkldnn else self.tensor
+
+    def __reduce__(self):
+        return type(self), (self.dense(),)
+
+
+def pack_bf16(weight: torch.Tensor) -> PackedBFloat16Weight:
+    """Prepack a bf16 [out, in] weight once, so that ``bf16_linear`` never reorders or casts it per call."""
+    return PackedBFloat16Weight(weight)
+
+
+def bf16_linear(x: torch.Tensor, packed: PackedBFloat16Weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ W.T + b`` with ``x`` rounded to bf16, products summed in fp32, the result rounded to bf16 and
+    returned in ``x``'s dtype (docs/format.md). Short inputs (decoding) run oneDNN's bf16 GEMM on the prepacked
+    weight; tall ones, on CPUs without AMX, run fp32 GEMM on the exactly upcast operands, which is faster there."""
+    x_bf16 = x.to(torch.bfloat16)
+    rows = x.numel() // x.shape[-1]
+    if _NATIVE_BF16 and (_AMX_BF16 or rows < BF16_FP32_MIN_ROWS):
+        y = torch.ops.mkldnn._linear_pointwise(x_bf16, packed.tensor, bias, "none", [], "")
+    else:
+        y = torch.nn.functional.linear(
+            x_bf16.float(), packed.dense().float(), bias.float() if bias is not None else None
+        ).to(torch.bfloat16)
+    return y.to(x.dtype)
 
 
 def linear(x: torch.Tensor, packed) -> torch.Tensor:
