@@ -10,10 +10,9 @@ Linux only (reads /proc/self/status).
 """
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
+
+from optimum_int8.benchmark.load_memory import measure_in_fresh_process
 
 PRESETS = {
     "bart-large": dict(vocab_size=50265, d_model=1024, encoder_layers=12, decoder_layers=12,
@@ -22,23 +21,6 @@ PRESETS = {
     "tiny": dict(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                  decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128),
 }
-
-MEASURE = """
-import json, sys
-import optimum_int8, transformers
-
-def status(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
-
-baseline = status("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset VmHWM to the current RSS
-kwargs = {"quantization_config": optimum_int8.Int8Config()} if sys.argv[2] == "quantize" else {}
-model = optimum_int8.INCModelForSeq2SeqLM.from_pretrained(sys.argv[1], **kwargs)
-print(json.dumps({"baseline": baseline, "peak": status("VmHWM"), "after": status("VmRSS")}))
-"""
-
 
 def build_checkpoints(preset: str, workdir: Path) -> tuple[Path, Path]:
     import torch
@@ -59,13 +41,6 @@ def checkpoint_bytes(directory: Path) -> int:
     return sum(path.stat().st_size for path in directory.glob("*.safetensors"))
 
 
-def measure(directory: Path, mode: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", MEASURE, str(directory), mode], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"measuring {directory} failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="bart-large")
@@ -74,8 +49,8 @@ def main(argv=None) -> list[dict]:
     fp32_dir, int8_dir = build_checkpoints(args.preset, args.workdir)
     int8_size = checkpoint_bytes(int8_dir)
     rows = [
-        ("load int8 checkpoint", int8_dir, "load", int8_size),
-        ("quantize fp32 while loading", fp32_dir, "quantize", int8_size),
+        ("load int8 checkpoint", int8_dir, "optimum_int8.benchmark.variants:load_int8", int8_size),
+        ("quantize fp32 while loading", fp32_dir, "optimum_int8.benchmark.variants:quantize_while_loading", int8_size),
     ]
     mib = 1024 * 1024
     print(f"preset {args.preset}: fp32 checkpoint {checkpoint_bytes(fp32_dir) / mib:.0f} MiB, "
@@ -83,9 +58,8 @@ def main(argv=None) -> list[dict]:
     print(f"| {'what':<28} | peak above baseline | int8 checkpoint | ratio |")
     print(f"|{'-' * 30}|{'-' * 21}|{'-' * 17}|{'-' * 7}|")
     results = []
-    for label, directory, mode, reference in rows:
-        sample = measure(directory, mode)
-        peak = sample["peak"] - sample["baseline"]
+    for label, directory, loader, reference in rows:
+        peak = measure_in_fresh_process(loader, directory).peak_above_baseline
         results.append({"what": label, "peak_bytes": peak, "checkpoint_bytes": reference, "ratio": peak / reference})
         print(f"| {label:<28} | {peak / mib:>15.0f} MiB | {reference / mib:>11.0f} MiB | {peak / reference:.2f}x |")
     return results

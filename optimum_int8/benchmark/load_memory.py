@@ -4,7 +4,8 @@ The child imports the libraries and the loader's module first, records its resid
 baseline), resets the kernel's high-water mark to it, then loads. The peak above the baseline is what
 loading cost. Linux only: it reads /proc/self/status and writes /proc/self/clear_refs.
 
-    python -m optimum_int8.benchmark.load_memory optimum_int8.benchmark.variants:load_int8 DIR [THREADS [MODULE...]]
+The child runs ``child_main`` with arguments LOADER ("module:function"), DIRECTORY, THREADS (0: torch's
+default) and modules to import before the baseline.
 """
 
 import dataclasses
@@ -40,7 +41,8 @@ def measure_in_fresh_process(loader, directory: Path, threads: int = 0, preload=
     name = loader if isinstance(loader, str) else loader_name(loader)
     if not sys.platform.startswith("linux"):
         raise OSError("load-memory measurement reads /proc and runs on Linux only")
-    command = [sys.executable, "-m", __name__, name, str(directory), str(threads or 0), *preload]
+    program = f"from {__name__} import child_main; child_main()"
+    command = [sys.executable, "-c", program, name, str(directory), str(threads or 0), *preload]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"loading {directory} with {name} in a fresh process failed:\n{result.stderr[-4000:]}")
@@ -66,13 +68,14 @@ def _measure(name: str, directory: str) -> LoadMeasurement:
     return measurement
 
 
-if __name__ == "__main__":
+def child_main() -> None:
     import torch
 
     import optimum_int8  # noqa: F401  (registers the quantizer, as a user's program would)
 
-    if len(sys.argv) > 3 and int(sys.argv[3]):
-        torch.set_num_threads(int(sys.argv[3]))
-    for module in sys.argv[4:]:
+    name, directory, threads, *preload = sys.argv[1:]
+    if int(threads):
+        torch.set_num_threads(int(threads))
+    for module in preload:
         importlib.import_module(module)
-    print(json.dumps(dataclasses.asdict(_measure(sys.argv[1], sys.argv[2]))))
+    print(json.dumps(dataclasses.asdict(_measure(name, directory))))

@@ -126,11 +126,20 @@ def export_onnx(model, directory: Path) -> None:
             )
 
 
+def _untie_output_embeddings(model) -> None:
+    """Give the LM head its own weight. Tied to the input embedding, it is exported as a Transpose of the
+    embedding table, which ``quantize_dynamic`` leaves in fp32 (it quantizes constant weights only); ours is int8."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+
+
 def build_ort_int8(fp32_dir: Path, out_dir: Path) -> None:
     """Export ``fp32_dir`` to ONNX and quantize every graph with ONNX Runtime's dynamic int8."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = load_float32(fp32_dir)
+    _untie_output_embeddings(model)
     with tempfile.TemporaryDirectory(dir=out_dir) as float_dir:
         export_onnx(model, Path(float_dir))
         del model

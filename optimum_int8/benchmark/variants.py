@@ -83,6 +83,11 @@ def load_int8(directory: Path):
     return model_class(directory).from_pretrained(directory).eval()
 
 
+def quantize_while_loading(directory: Path, config: Int8Config | None = None):
+    """An fp32 checkpoint quantized to int8 as its weights stream in."""
+    return model_class(directory).from_pretrained(directory, quantization_config=config or Int8Config()).eval()
+
+
 def _save_bfloat16(fp32_dir: Path, out_dir: Path) -> None:
     load_bfloat16(fp32_dir).save_pretrained(out_dir)
 
@@ -92,7 +97,7 @@ def int8_variant(name: str, label: str, description: str, modules_in_fp32=(), mo
 
     def build(fp32_dir: Path, out_dir: Path) -> None:
         config = Int8Config(modules_in_fp32=list(modules_in_fp32), modules_in_bf16=list(modules_in_bf16))
-        model_class(fp32_dir).from_pretrained(fp32_dir, quantization_config=config).save_pretrained(out_dir)
+        quantize_while_loading(fp32_dir, config).save_pretrained(out_dir)
 
     return Variant(name, label, description, build, load_int8)
 
