@@ -15,7 +15,6 @@ import torch
 
 WIDE = torch.int64
 PRODUCT_BOUND = 2**62
-MAX_MULTIPLIER = 2**31
 
 # i-exp (Algorithm 3): exp(r) ~ a r^2 + b r + c on (-ln 2, 0], then exp(x) = exp(r) >> q for x = r - q ln 2.
 EXP_POLY = (0.35815147, 0.96963238, 1.0)
@@ -31,6 +30,7 @@ SQRT2 = 1.4142
 ERF_BITS = 16
 # i-sqrt LayerNorm (Algorithm 4): the normalized output has scale sqrt(n) / 2**LAYERNORM_BITS.
 LAYERNORM_BITS = 30
+LAYERNORM_FACTOR_BITS = 61
 
 
 def integer_range(bits: int) -> tuple[int, int]:
@@ -50,14 +50,15 @@ def storage_dtype(bits: int) -> torch.dtype:
 
 def dyadic_shift(max_ratio: float, input_bound: int, terms: int = 1) -> int:
     """The largest shift ``s`` (at most 62) such that ``round(max_ratio * 2**s)`` times any input up to
-    ``input_bound`` stays below 2**62 / terms, with multipliers of at most 31 bits.
+    ``input_bound`` stays below 2**62 / terms.
 
     A real multiplier ``r`` then becomes the dyadic number ``round(r * 2**s) / 2**s`` (Section 3.2 of the
-    paper). ``terms`` products of that size plus a ``rounding_offset`` still fit in int64.
+    paper), as precise as int64 arithmetic allows for that input range. ``terms`` products of that size
+    plus a ``rounding_offset`` still fit in int64.
     """
     if not (max_ratio > 0 and math.isfinite(max_ratio)):
         raise ValueError(f"cannot requantize with scale ratio {max_ratio!r}; scales must be positive and finite.")
-    limit = min(MAX_MULTIPLIER, PRODUCT_BOUND // terms // max(int(input_bound), 1))
+    limit = PRODUCT_BOUND // terms // max(int(input_bound), 1)
     shift = min(math.floor(math.log2(limit / max_ratio)), 62)
     while round(max_ratio * 2.0**shift) > limit:
         shift -= 1
@@ -236,15 +237,17 @@ def integer_layernorm(x: torch.Tensor) -> torch.Tensor:
     """``(x - mean) / std`` over the last dimension, as int64 of scale ``sqrt(n) / 2**30`` (|result| <= 2**30).
 
     The mean is rounded to an integer and the standard deviation is the integer square root of the sum
-    of squared deviations, as in I-BERT's integer LayerNorm.
+    of squared deviations, as in I-BERT's integer LayerNorm. I-BERT then multiplies by ``2**31 // std``,
+    which keeps only 6-7 bits for 22-bit inputs (std ~ 2**25); ``2**61 // std`` followed by a shift keeps
+    25 or more (|centered| <= std, so the product stays below 2**61).
     """
     n = x.shape[-1]
     x = x.to(WIDE)
     mean = torch.div(2 * x.sum(dim=-1, keepdim=True) + n, 2 * n, rounding_mode="floor")
     centered = x - mean
     std = integer_sqrt((centered * centered).sum(dim=-1, keepdim=True)).clamp(min=1)
-    factor = torch.div(2 ** (LAYERNORM_BITS + 1), std, rounding_mode="floor")
-    return (centered * factor) >> 1
+    factor = torch.div(2**LAYERNORM_FACTOR_BITS, std, rounding_mode="floor")
+    return (centered * factor) >> (LAYERNORM_FACTOR_BITS - LAYERNORM_BITS)
 
 
 def layernorm_affine_constants(
