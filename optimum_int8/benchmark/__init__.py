@@ -17,6 +17,8 @@ from .runner import BenchmarkSettings, read_module_list, run_benchmark
 from .variants import VARIANTS, Variant, fallback_variants, int8_variant, register_variant
 from .workloads import WORKLOADS, Workload, register_workload
 
+from ..ibert import benchmark as _ibert_benchmark  # noqa: E402, F401  (registers roberta-base, forward, ibert variants)
+
 __all__ = [
     "PRESETS", "VARIANTS", "WORKLOADS", "BenchmarkResult", "BenchmarkSettings", "LoadMeasurement", "ModelPreset",
     "Variant", "VariantResult", "Workload", "fallback_variants", "int8_variant", "markdown_table",
