@@ -83,6 +83,17 @@ def keep_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return attention_mask > torch.finfo(attention_mask.dtype).min / 2
 
 
+class IntegerInput(nn.Module):
+    """Recovers the int8 codes from the float hand-off tensor (codes times the embedding output scale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return ops.saturate(torch.round(hidden_states / self.scale), 8)
+
+
 class IntegerEncoder(nn.Module):
     """The stack of ``IntegerEncoderLayer``: quantizes its input once, runs every layer on int8, dequantizes once.
 
@@ -91,6 +102,7 @@ class IntegerEncoder(nn.Module):
 
     def __init__(self, config, scales: dict[str, dict], device=None):
         super().__init__()
+        self.input = IntegerInput()
         self.layer = nn.ModuleList(
             IntegerEncoderLayer(
                 config.hidden_size, config.num_attention_heads, config.intermediate_size,
@@ -99,11 +111,10 @@ class IntegerEncoder(nn.Module):
             )
             for index in range(config.num_hidden_layers)
         )
-        self.input_scale = None
         self.output_scale = None
 
     def prepare(self, input_scale: float) -> float:
-        self.input_scale = input_scale
+        self.input.scale = input_scale
         scale = input_scale
         for layer in self.layer:
             scale = layer.prepare(scale)
@@ -120,7 +131,7 @@ class IntegerEncoder(nn.Module):
         if kwargs.get("encoder_hidden_states") is not None:
             raise NotImplementedError("integer-only encoders have no cross-attention.")
         check_sequence_length(hidden_states.shape[1])
-        codes = ops.saturate(torch.round(hidden_states / self.input_scale), 8)
+        codes = self.input(hidden_states)
         keep = keep_mask(attention_mask)
         for layer in self.layer:
             codes = layer(codes, keep)
@@ -137,7 +148,7 @@ def compile_integer_layers(model: nn.Module, **compile_options) -> nn.Module:
     """
     found = False
     for module in model.modules():
-        if isinstance(module, (IntegerEmbeddings, IntegerEncoderLayer)):
+        if isinstance(module, (IntegerEmbeddings, IntegerInput, IntegerEncoderLayer)):
             module.compile(**compile_options)
             found = True
     if not found:
