@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +11,6 @@ import torch
 from optimum_int8 import cli
 from optimum_int8.benchmark import (
     PRESETS,
-    WORKLOADS,
     BenchmarkSettings,
     markdown_table,
     read_module_list,
@@ -48,8 +49,9 @@ def test_every_variant_is_timed_on_every_workload_with_positive_numbers(tiny_res
     names = [variant.name for variant in result.variants]
     assert names[:3] == ["fp32", "bf16", "int8"] and names[-1] == "ort-int8"
     assert [name.rsplit("-", 1)[0] for name in names[3:5]] == ["int8-fallback-fp32", "int8-fallback-bf16"]
+    assert set(result.workloads) == {"greedy", "beam", "encoder"}
     for variant in result.variants:
-        assert set(variant.seconds) == set(WORKLOADS)
+        assert set(variant.seconds) == set(result.workloads)
         assert all(len(times) == 2 and all(t > 0 for t in times) for times in variant.seconds.values())
         assert variant.checkpoint_bytes > 0 and variant.load_seconds > 0 and variant.load_peak_bytes > 0
 
@@ -59,7 +61,7 @@ def test_ratios_are_computed_from_the_medians_of_the_same_run(tiny_result):
     fp32, bf16 = result.variant("fp32"), result.variant("bf16")
     data = result.to_dict()
     for variant, row in zip(result.variants, data["variants"]):
-        for workload in WORKLOADS:
+        for workload in result.workloads:
             assert row["median_seconds"][workload] == variant.median(workload)
             assert row["speedup"]["fp32"][workload] == pytest.approx(fp32.median(workload) / variant.median(workload))
             assert row["speedup"]["bf16"][workload] == pytest.approx(bf16.median(workload) / variant.median(workload))
@@ -112,14 +114,18 @@ def test_cli_runs_the_benchmark_and_writes_its_files(tmp_path, capsys):
     assert read_module_list(tmp_path / "fallbacks.txt") == ["lm_head"]
     code = cli.main([
         "benchmark", "tiny", "--workdir", str(tmp_path / "work"), "--variants", "fp32", "int8", "--workloads", "greedy",
-        "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-load", "--size", "greedy.new_tokens=2",
+        "--repeats", "1", "--warmup", "0", "--threads", "1", "--no-load", "--size", "greedy.new_tokens=2", "--profile",
         "--json", str(tmp_path / "out.json"), "--plot", str(tmp_path / "out.png"),
     ])
     assert code == 0
     data = json.loads((tmp_path / "out.json").read_text())
     assert [v["name"] for v in data["variants"]] == ["fp32", "int8"] and data["workloads"] == {"greedy": "greedy 32→2, bs 1"}
     assert data["variants"][1]["load_seconds"] is None
-    assert "| int8, every Linear |" in capsys.readouterr().out
+    fp32_profile, int8_profile = (v["profile"]["greedy"] for v in data["variants"])
+    assert int8_profile["int8 GEMM"] > 0 and fp32_profile["int8 GEMM"] == 0 and fp32_profile["float GEMM"] > 0
+    assert sum(int8_profile.values()) - int8_profile["wall"] == pytest.approx(int8_profile["wall"], rel=0.05)
+    output = capsys.readouterr().out
+    assert "| int8, every Linear |" in output and "one profiled run" in output
 
 
 def test_unknown_names_and_wrong_fallbacks_fail_early(tmp_path):
@@ -129,3 +135,12 @@ def test_unknown_names_and_wrong_fallbacks_fail_early(tmp_path):
         run_benchmark(BenchmarkSettings(model=str(tmp_path / "missing"), workdir=tmp_path))
     with pytest.raises(ValueError, match="matches no Linear module"):
         run_benchmark(BenchmarkSettings(model="tiny", workdir=tmp_path, fallbacks=["decoder.fc9"], measure_load=False))
+
+
+def test_gemm_kernel_script_times_every_candidate_on_every_shape():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import gemm_kernels
+
+    results = gemm_kernels.main(["--rows", "2", "--rounds", "1"])
+    assert set(results) == {(2, i, o) for i, o in gemm_kernels.SHAPES}
+    assert all(len(medians) == 9 and min(medians.values()) > 0 for medians in results.values())

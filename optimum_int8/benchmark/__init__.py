@@ -11,7 +11,8 @@ measured table and the command that produced it.
 from . import onnx_runtime  # noqa: F401  (registers the ort-int8 variant)
 from .load_memory import LoadMeasurement, measure_in_fresh_process
 from .presets import PRESETS, ModelPreset, register_preset
-from .report import markdown_table, print_table, write_json, write_plot
+from .profiling import profile_run
+from .report import markdown_table, print_report, print_table, profile_tables, write_json, write_plot
 from .results import BenchmarkResult, VariantResult
 from .runner import BenchmarkSettings, read_module_list, run_benchmark
 from .variants import VARIANTS, Variant, fallback_variants, int8_variant, register_variant
@@ -22,6 +23,6 @@ from ..ibert import benchmark as _ibert_benchmark  # noqa: E402, F401  (register
 __all__ = [
     "PRESETS", "VARIANTS", "WORKLOADS", "BenchmarkResult", "BenchmarkSettings", "LoadMeasurement", "ModelPreset",
     "Variant", "VariantResult", "Workload", "fallback_variants", "int8_variant", "markdown_table",
-    "measure_in_fresh_process", "print_table", "read_module_list", "register_preset", "register_variant",
-    "register_workload", "run_benchmark", "write_json", "write_plot",
+    "measure_in_fresh_process", "print_report", "print_table", "profile_run", "profile_tables", "read_module_list",
+    "register_preset", "register_variant", "register_workload", "run_benchmark", "write_json", "write_plot",
 ]

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from .presets import PRESETS
-from .report import print_table, write_json, write_plot
+from .report import print_report, write_json, write_plot
 from .runner import BenchmarkSettings, read_module_list, run_benchmark
 from .variants import VARIANTS
 from .workloads import WORKLOADS
@@ -48,6 +48,8 @@ def add_command(subparsers) -> None:
                         help="override a workload size, e.g. greedy.new_tokens=64 (repeatable)")
     parser.add_argument("--no-load", action="store_true", help="skip the fresh-process load measurements")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the checkpoints cached in --workdir")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, profile one run of each workload and variant and split it by kind of operator")
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"), help="JSON output (default: %(default)s)")
     parser.add_argument("--plot", type=Path, default=Path("benchmark.png"),
                         help="PNG plot, written when matplotlib is installed (default: %(default)s)")
@@ -60,10 +62,10 @@ def run(args) -> int:
         model=args.model, workdir=args.workdir, variants=args.variants, workloads=args.workloads,
         fallbacks=fallbacks, fallbacks_source=args.fallbacks.name if args.fallbacks else "a given list",
         repeats=args.repeats, warmup=args.warmup, threads=args.threads, seed=args.seed,
-        measure_load=not args.no_load, sizes=_sizes(args.size), rebuild=args.rebuild,
+        measure_load=not args.no_load, sizes=_sizes(args.size), rebuild=args.rebuild, profile=args.profile,
     )
     result = run_benchmark(settings)
-    print_table(result)
+    print_report(result)
     write_json(result, args.json)
     print(f"wrote {args.json}")
     if write_plot(result, args.plot):

@@ -45,6 +45,22 @@ def markdown_table(result: BenchmarkResult) -> str:
     return "\n".join(lines)
 
 
+def profile_tables(result: BenchmarkResult) -> str:
+    """Markdown: per workload, each variant's profiled run split by kind of operator (seconds)."""
+    tables = []
+    for workload, title in result.workloads.items():
+        profiled = [v for v in result.variants if workload in v.profile]
+        if not profiled:
+            continue
+        columns = list(profiled[0].profile[workload])
+        lines = [f"{title}, one profiled run (s):", "", "| variant | " + " | ".join(columns) + " |",
+                 "|" + "---|" * (len(columns) + 1)]
+        lines += ["| " + " | ".join([v.label] + [f"{v.profile[workload][c]:.3f}" for c in columns]) + " |"
+                  for v in profiled]
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
 def print_table(result: BenchmarkResult) -> None:
     """A rich table on a terminal; Markdown otherwise (a log, a pipe), which also pastes into docs."""
     headers, rows = table_rows(result)
@@ -60,6 +76,13 @@ def print_table(result: BenchmarkResult) -> None:
     for row in rows:
         table.add_row(*row)
     Console().print(table)
+
+
+def print_report(result: BenchmarkResult) -> None:
+    print_table(result)
+    profiles = profile_tables(result)
+    if profiles:
+        print("\n" + profiles)
 
 
 def write_json(result: BenchmarkResult, path: Path) -> None:

@@ -13,6 +13,7 @@ class VariantResult:
     load_seconds: float | None = None
     load_peak_bytes: int | None = None  # peak resident memory above the fresh process's baseline
     seconds: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # workload -> timed repeats
+    profile: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # workload -> seconds by category
 
     def median(self, workload: str) -> float | None:
         times = self.seconds.get(workload)

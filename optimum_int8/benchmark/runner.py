@@ -18,6 +18,7 @@ from transformers import AutoConfig
 
 from .load_memory import measure_in_fresh_process
 from .presets import PRESETS
+from .profiling import profile_run
 from .results import BenchmarkResult, VariantResult
 from .variants import VARIANTS, Variant, checkpoint_bytes, fallback_variants
 from .workloads import WORKLOADS
@@ -46,6 +47,7 @@ class BenchmarkSettings:
     measure_load: bool = True
     sizes: dict = dataclasses.field(default_factory=dict)  # {"greedy": {"new_tokens": 64}, ...}
     rebuild: bool = False  # rebuild cached checkpoints in workdir
+    profile: bool = False  # after timing, profile one run of each workload and variant (where the time goes)
 
 
 def read_module_list(path: Path) -> list[str]:
@@ -210,6 +212,12 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkResult:
                         result.seconds.setdefault(name, []).append(seconds)
                     progress.set_postfix_str(f"{name} {result.name} {seconds:.2f}s")
                     progress.update()
+
+    if settings.profile:
+        with torch.inference_mode():
+            for name, sizes in tqdm(workload_sizes.items(), desc="Profiling", unit="workload"):
+                for result in results:
+                    result.profile[name] = profile_run(WORKLOADS[name], models[result.name], inputs[name], sizes)
 
     machine = machine_info() | {"before": state_before, "after": machine_state()}
     recorded = dataclasses.asdict(settings) | {"workdir": str(settings.workdir), "sizes": workload_sizes,
