@@ -5,9 +5,10 @@ from torch import nn
 
 from . import kernels
 from .int8_linear import float_weight
+from .packed_linear import PackedLinear
 
 
-class BFloat16Linear(nn.Module):
+class BFloat16Linear(PackedLinear):
     """``y = x @ weight_bf16.T + bias`` computed in bfloat16, returned in the input's dtype.
 
     State dict: ``weight_bf16`` (bfloat16, [out, in], Linear orientation also for ``Conv1D``) and
@@ -21,19 +22,13 @@ class BFloat16Linear(nn.Module):
 
     precision = "bfloat16"
     marker_tensor = "weight_bf16"
+    bias_dtype = torch.bfloat16
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None):
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
+        super().__init__(in_features, out_features, bias, device)
         self.weight_bf16 = nn.Parameter(
             torch.empty(out_features, in_features, dtype=torch.bfloat16, device=device), requires_grad=False
         )
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, dtype=torch.bfloat16, device=device), requires_grad=False)
-        else:
-            self.register_parameter("bias", None)
-        self._packed = None
 
     def __getattr__(self, name: str):
         # Once packed, ``weight_bf16`` is the kernel's weight (bf16, [out, in]); state_dict() gives the plain tensor.
@@ -42,12 +37,8 @@ class BFloat16Linear(nn.Module):
         return super().__getattr__(name)
 
     @staticmethod
-    def state_dict_layout(out_features: int, in_features: int, has_bias: bool) -> dict:
-        """``{tensor name: (dtype, shape)}`` this module stores in a checkpoint."""
-        layout = {"weight_bf16": (torch.bfloat16, (out_features, in_features))}
-        if has_bias:
-            layout["bias"] = (torch.bfloat16, (out_features,))
-        return layout
+    def weight_layout(out_features: int, in_features: int) -> dict:
+        return {"weight_bf16": (torch.bfloat16, (out_features, in_features))}
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "BFloat16Linear":
@@ -59,9 +50,7 @@ class BFloat16Linear(nn.Module):
         module = cls(in_features, out_features, bias=False, device=weight.device)
         module.weight_bf16 = nn.Parameter(weight.detach().to(torch.bfloat16, copy=True), requires_grad=False)
         module.weight_bf16._is_hf_initialized = True
-        if bias is not None:
-            module.bias = nn.Parameter(bias.detach().to(torch.bfloat16, copy=True), requires_grad=False)
-            module.bias._is_hf_initialized = getattr(bias, "_is_hf_initialized", False)
+        module.copy_bias(bias)
         return module
 
     @classmethod
@@ -70,10 +59,6 @@ class BFloat16Linear(nn.Module):
         converted = cls.from_weight(float_weight(module), module.bias)
         converted.pack()
         return converted
-
-    @property
-    def is_packed(self) -> bool:
-        return self._packed is not None
 
     def pack(self) -> None:
         """Move the weight into the kernel's layout and drop the plain bf16 parameter."""
@@ -85,6 +70,9 @@ class BFloat16Linear(nn.Module):
         self._packed = kernels.pack_bf16(weight)
         self.weight_bf16 = None
 
+    def packed_state(self) -> dict[str, torch.Tensor]:
+        return {"weight_bf16": self._packed.dense()}
+
     def _unpack(self) -> None:
         self.weight_bf16 = nn.Parameter(self._packed.dense(), requires_grad=False)
         self._packed = None
@@ -95,25 +83,8 @@ class BFloat16Linear(nn.Module):
         return self.weight_bf16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.is_packed:
-            raise RuntimeError("BFloat16Linear is not packed; load its weights (and call pack()) before running it.")
+        self.check_packed()
         return kernels.bf16_linear(x, self._packed, self.bias)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if self.is_packed:
-            destination[prefix + "weight_bf16"] = self._packed.dense()
-            if self.bias is not None:
-                destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
-        else:
-            super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        was_packed = self.is_packed
-        if was_packed:
-            self._unpack()
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        if was_packed:
-            self.pack()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, bfloat16"

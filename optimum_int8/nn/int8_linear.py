@@ -5,6 +5,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from . import kernels
+from .packed_linear import PackedLinear
 
 INT8_MAX = 127
 _MIN_SCALE = 1e-12
@@ -31,7 +32,7 @@ class DequantizedWeight:
         return self._module.dequantized_weight()
 
 
-class Int8DynamicLinear(nn.Module):
+class Int8DynamicLinear(PackedLinear):
     """``y = x @ (weight_int8 * weight_scale[:, None]).T + bias`` on the CPU int8 kernels.
 
     State dict: ``weight_int8`` (int8, [out, in]), ``weight_scale`` (float32, [out]) and ``bias``
@@ -45,26 +46,16 @@ class Int8DynamicLinear(nn.Module):
 
     precision = "int8"
     marker_tensor = "weight_int8"
+    bias_dtype = torch.float32
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None):
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
+        super().__init__(in_features, out_features, bias, device)
         self.register_buffer("weight_int8", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.empty(out_features, dtype=torch.float32, device=device))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_features, dtype=torch.float32, device=device), requires_grad=False)
-        else:
-            self.register_parameter("bias", None)
-        self._packed = None
 
     @staticmethod
-    def state_dict_layout(out_features: int, in_features: int, has_bias: bool) -> dict:
-        """``{tensor name: (dtype, shape)}`` this module stores in a checkpoint."""
-        layout = {"weight_int8": (torch.int8, (out_features, in_features)), "weight_scale": (torch.float32, (out_features,))}
-        if has_bias:
-            layout["bias"] = (torch.float32, (out_features,))
-        return layout
+    def weight_layout(out_features: int, in_features: int) -> dict:
+        return {"weight_int8": (torch.int8, (out_features, in_features)), "weight_scale": (torch.float32, (out_features,))}
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "Int8DynamicLinear":
@@ -83,11 +74,7 @@ class Int8DynamicLinear(nn.Module):
         weight_scale = (weight.abs().amax(dim=1) / INT8_MAX).clamp(min=_MIN_SCALE)
         qmodule.weight_int8 = torch.round(weight / weight_scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
         qmodule.weight_scale = weight_scale
-        if bias is not None:
-            # A copy: the float bias may be tied to another parameter (RoBERTa's lm_head.bias), and
-            # storage shared with it would make save_pretrained drop one of the two names.
-            qmodule.bias = nn.Parameter(bias.detach().to(torch.float32, copy=True), requires_grad=False)
-            qmodule.bias._is_hf_initialized = getattr(bias, "_is_hf_initialized", False)
+        qmodule.copy_bias(bias)
         return qmodule
 
     @classmethod
@@ -99,10 +86,6 @@ class Int8DynamicLinear(nn.Module):
         qmodule.pack()
         return qmodule
 
-    @property
-    def is_packed(self) -> bool:
-        return self._packed is not None
-
     def pack(self) -> None:
         """Move the weight into the kernel's packed format and drop the plain int8 buffers."""
         if self.weight_int8 is None:
@@ -112,6 +95,10 @@ class Int8DynamicLinear(nn.Module):
         self._packed = kernels.pack(self.weight_int8.contiguous(), self.weight_scale, self.bias)
         self.weight_int8 = None
         self.weight_scale = None
+
+    def packed_state(self) -> dict[str, torch.Tensor]:
+        weight_int8, weight_scale = kernels.unpack(self._packed)
+        return {"weight_int8": weight_int8, "weight_scale": weight_scale}
 
     def _unpack(self) -> None:
         self.weight_int8, self.weight_scale = kernels.unpack(self._packed)
@@ -127,21 +114,10 @@ class Int8DynamicLinear(nn.Module):
         return weight_int8.to(torch.float32) * weight_scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.is_packed:
-            raise RuntimeError("Int8DynamicLinear is not packed; load its weights (and call pack()) before running it.")
+        self.check_packed()
         if x.dtype == torch.float32:
             return kernels.linear(x, self._packed)
         return kernels.linear(x.to(torch.float32), self._packed).to(x.dtype)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if self.is_packed:
-            weight_int8, weight_scale = kernels.unpack(self._packed)
-            destination[prefix + "weight_int8"] = weight_int8
-            destination[prefix + "weight_scale"] = weight_scale
-            if self.bias is not None:
-                destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
-        else:
-            super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         for name, dtype in (("weight_int8", torch.int8), ("weight_scale", torch.float32)):
@@ -149,12 +125,7 @@ class Int8DynamicLinear(nn.Module):
             if tensor is not None and tensor.dtype != dtype:
                 error_msgs.append(f"{prefix}{name}: expected {dtype}, got {tensor.dtype}")
                 return
-        was_packed = self.is_packed
-        if was_packed:
-            self._unpack()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        if was_packed:
-            self.pack()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8 per-channel"

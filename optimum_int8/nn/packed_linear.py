@@ -1,0 +1,84 @@
+"""What the Linear replacements that run from a kernel-packed weight share (int8, bf16)."""
+
+import torch
+from torch import nn
+
+
+class PackedLinear(nn.Module):
+    """A Linear replacement whose weight runs in a kernel's packed layout.
+
+    Subclasses hold their checkpoint tensors as plain parameters or buffers until ``pack()`` moves them into
+    ``self._packed`` and drops them; ``packed_state()`` recovers them exactly, so the state dict is always
+    what runs. The bias stays a plain parameter in ``bias_dtype``.
+    """
+
+    bias_dtype: torch.dtype
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, device=None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, dtype=self.bias_dtype, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self._packed = None
+
+    @staticmethod
+    def weight_layout(out_features: int, in_features: int) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def state_dict_layout(cls, out_features: int, in_features: int, has_bias: bool) -> dict:
+        """``{tensor name: (dtype, shape)}`` this module stores in a checkpoint."""
+        layout = cls.weight_layout(out_features, in_features)
+        if has_bias:
+            layout["bias"] = (cls.bias_dtype, (out_features,))
+        return layout
+
+    def copy_bias(self, bias: torch.Tensor | None) -> None:
+        """Take a copy of a float module's bias (it may still be on the meta device, loaded later).
+
+        A copy: the float bias may be tied to another parameter (RoBERTa's lm_head.bias), and storage
+        shared with it would make save_pretrained drop one of the two names.
+        """
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach().to(self.bias_dtype, copy=True), requires_grad=False)
+            self.bias._is_hf_initialized = getattr(bias, "_is_hf_initialized", False)
+
+    @property
+    def is_packed(self) -> bool:
+        return self._packed is not None
+
+    def pack(self) -> None:
+        raise NotImplementedError
+
+    def packed_state(self) -> dict[str, torch.Tensor]:
+        """The checkpoint's weight tensors, recovered exactly from the packed weight."""
+        raise NotImplementedError
+
+    def _unpack(self) -> None:
+        raise NotImplementedError
+
+    def check_packed(self) -> None:
+        if not self.is_packed:
+            raise RuntimeError(
+                f"{type(self).__name__} is not packed; load its weights (and call pack()) before running it."
+            )
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if not self.is_packed:
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+            return
+        for name, tensor in self.packed_state().items():
+            destination[prefix + name] = tensor
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        was_packed = self.is_packed
+        if was_packed:
+            self._unpack()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if was_packed:
+            self.pack()
