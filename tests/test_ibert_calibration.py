@@ -4,8 +4,9 @@ import copy
 
 import pytest
 import torch
-from transformers import IBertConfig, IBertForMaskedLM, IBertForTokenClassification
+from transformers import BertConfig, BertForTokenClassification, IBertConfig, IBertForMaskedLM, IBertForTokenClassification
 
+import optimum_int8
 from optimum_int8 import Int8Config, quantize_model
 from optimum_int8.ibert import calibrate, scales_from_ibert
 from optimum_int8.nn import integer_ops as ops
@@ -103,3 +104,24 @@ def test_integer_model_agrees_with_transformers_simulation(model_class, layers):
 def test_activation_scale_matches_quant_act():
     assert ops.activation_scale(12.7, 8) == pytest.approx(0.1)
     assert ops.activation_scale(0.0, 8) == pytest.approx(1e-8 / 127)
+
+
+def test_a_calibrated_ibert_checkpoint_converts_while_loading(tmp_path):
+    simulation = _calibrated_simulation(IBertForTokenClassification, 1)
+    simulation.save_pretrained(tmp_path)
+    loaded = optimum_int8.INCModelForTokenClassification.from_pretrained(
+        tmp_path, quantization_config=Int8Config(scheme="ibert")
+    )
+    converted = quantize_model(copy.deepcopy(simulation), Int8Config(scheme="ibert"))
+    input_ids = _ids(5, batch=4)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=input_ids).logits, converted(input_ids=input_ids).logits)
+    assert loaded.config.quantization_config.manifest.activation_scales == converted.config.quantization_config.manifest.activation_scales
+
+
+def test_a_float_checkpoint_cannot_convert_while_loading(tmp_path):
+    torch.manual_seed(0)
+    BertForTokenClassification(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                           intermediate_size=64)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="calibration_data"):
+        optimum_int8.INCModelForTokenClassification.from_pretrained(tmp_path, quantization_config=Int8Config(scheme="ibert"))
