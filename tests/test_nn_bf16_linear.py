@@ -1,6 +1,3 @@
-import copy
-import io
-
 import pytest
 import torch
 from torch import nn
@@ -70,33 +67,3 @@ def test_a_module_without_bias_has_no_bias_tensor():
     module = BFloat16Linear.from_float(_linear(bias=False))
     assert module.bias is None and set(module.state_dict()) == {"weight_bf16"}
     assert module(torch.randn(2, 24)).shape == (2, 16)
-
-
-def test_unpacked_module_refuses_to_run():
-    with pytest.raises(RuntimeError, match="not packed"):
-        BFloat16Linear(8, 4)(torch.randn(1, 8))
-
-
-def test_state_dict_round_trip_is_exact():
-    source = BFloat16Linear.from_float(_linear())
-    target = BFloat16Linear(24, 16)
-    target.load_state_dict(source.state_dict())
-    target.pack()
-    x = torch.randn(4, 24)
-    assert torch.equal(target(x), source(x))
-    packed = BFloat16Linear.from_float(_linear(seed=1))
-    packed.load_state_dict(source.state_dict())
-    assert packed.is_packed and torch.equal(packed(x), source(x))
-
-
-def test_deepcopy_and_torch_save_keep_the_module_working():
-    module = BFloat16Linear.from_float(_linear())
-    x = torch.randn(2, 24)
-    assert torch.equal(copy.deepcopy(module)(x), module(x))
-    buffer = io.BytesIO()
-    torch.save(module.state_dict(), buffer)
-    buffer.seek(0)
-    restored = BFloat16Linear(24, 16)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
-    restored.pack()
-    assert torch.equal(restored(x), module(x))
