@@ -78,9 +78,10 @@ def keep_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         return None
     if attention_mask.dim() == 2:
         return attention_mask.bool()[:, None, None, :]
-    if attention_mask.dtype == torch.bool:
-        return attention_mask
-    return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    if keep.shape[-2] > 1 and bool((keep == keep[..., :1, :]).all()):
+        keep = keep[..., :1, :]  # a padding mask, the same for every query: broadcast one row (cheaper to apply)
+    return keep
 
 
 class IntegerInput(nn.Module):
