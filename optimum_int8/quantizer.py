@@ -25,7 +25,7 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils import logging
 
 from . import linear_modules
-from ._memory import FilePageReleaser
+from ._memory import FilePageReleaser, trim_heap
 from .checkpoint import CheckpointError, atomic_save_pretrained, read_tensor_headers, validate_module_tensors
 from .configuration import QUANT_METHOD, SCHEME_IBERT, FallbackManifest, Int8Config
 from .hub import push_to_hub
@@ -66,6 +66,7 @@ class QuantizeWeightOnLoad(ConversionOps):
         target_class = self.hf_quantizer.target_classes[module_name]
         model.set_submodule(module_name, target_class.from_weight(weight, float_module.bias))
         self.hf_quantizer.file_page_releaser().release(tensor)
+        trim_heap()
         if missing_keys is not None:
             missing_keys.discard(full_layer_name)
         return {}
@@ -220,6 +221,7 @@ class Int8HfQuantizer(HfQuantizer):
                 module.pack()
                 for tensor in loaded:
                     releaser.release(tensor)
+                trim_heap()
 
     def _convert_remaining(self, model):
         """Convert the modules not converted while streaming (tied weights, or all of them in ``quantize_model``)."""
@@ -233,6 +235,7 @@ class Int8HfQuantizer(HfQuantizer):
                 raise CheckpointError(f"tensor {name}.bias was not found in the checkpoint being quantized.")
             if isinstance(module, CONVERTED_CLASSES):
                 module.pack()
+                trim_heap()
         linear_modules.untie_modules(model, self.target_classes)
 
     def is_serializable(self, *args, **kwargs):
