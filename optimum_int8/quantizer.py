@@ -77,9 +77,10 @@ class Int8HfQuantizer(HfQuantizer):
 
     requires_calibration = False
 
-    def __new__(cls, quantization_config: Int8Config, **kwargs):
+    def __new__(cls, quantization_config: Int8Config | None = None, **kwargs):
         # transformers maps our quant_method to this one class; the ibert scheme has its own hooks.
-        if cls is Int8HfQuantizer and quantization_config.scheme == SCHEME_IBERT:
+        # copy.deepcopy of a quantized model calls __new__ without arguments: the class is already right then.
+        if cls is Int8HfQuantizer and quantization_config is not None and quantization_config.scheme == SCHEME_IBERT:
             from .ibert.quantizer import IBertHfQuantizer
 
             cls = IBertHfQuantizer

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -102,6 +104,14 @@ def test_gpt2_conv1d_is_stored_in_linear_orientation(tmp_path):
     dequantized = qmodel.transformer.h[0].mlp.c_fc.weight()
     assert dequantized.shape == (c_fc.nf, c_fc.weight.shape[0])
     assert torch.allclose(dequantized, c_fc.weight.t(), atol=c_fc.weight.abs().max().item() / 127)
+
+
+def test_a_quantized_model_deep_copies_into_an_equal_model():
+    arch = TINY_ARCHS["bart"]
+    qmodel = quantize_model(arch.build(), Int8Config(modules_in_bf16=["lm_head"]))
+    copied = copy.deepcopy(qmodel)
+    assert type(copied.hf_quantizer) is Int8HfQuantizer
+    assert torch.equal(run(copied, arch.inputs()), run(qmodel, arch.inputs()))
 
 
 def test_modules_in_fp32_accepts_globs():
