@@ -91,6 +91,16 @@ TINY_ARCHS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def single_thread():
+    """Tiny models gain nothing from threads, and two torch threads on a busy 2-core machine wait on each
+    other for milliseconds per op. The legacy fixtures' reference outputs were computed with one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=sorted(TINY_ARCHS))
 def arch(request) -> TinyArch:
     return TINY_ARCHS[request.param]

@@ -25,15 +25,6 @@ from optimum_int8.benchmark.workloads import random_token_ids
 TINY_SIZES = {"greedy": {"new_tokens": 4}, "beam": {"new_tokens": 4}, "encoder": {"batch": 2, "length": 16}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny ops on two threads of a busy 2-core machine wait on each other for milliseconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_result(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("benchmark")

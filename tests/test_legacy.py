@@ -96,15 +96,6 @@ def rewrite_checkpoint(folder: Path, edit) -> None:
     torch.save(state_dict, folder / "pytorch_model.bin")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The fixtures' reference outputs were computed with one torch thread; tiny models gain nothing from more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def loaded():
     """Every fixture loaded once through its INCModelFor<Task> class, default settings."""

@@ -86,15 +86,6 @@ CHECKPOINTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine two torch threads made each int8 matmul ~400x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def int8_checkpoint(tmp_path_factory):
     """checkpoint name -> (int8 model, directory holding that model and the tokenizer)."""

@@ -1,4 +1,5 @@
-"""Quantized and reduced-precision modules; ``kernels`` is the only place that knows the CPU int8 ops."""
+"""Quantized and reduced-precision modules. ``kernels`` (dynamic int8, bf16, legacy torch.ao ops) and
+``integer_kernels`` (integer-only I-BERT products) are the only places that know the CPU kernels."""
 
 from .bf16_linear import BFloat16Linear
 from .int8_embedding import Int8Embedding

@@ -1,4 +1,6 @@
-"""The only module that knows which CPU kernels run our layers (int8, and bf16 fallbacks).
+"""The CPU kernels of the dynamic int8 scheme, bf16 fallbacks and legacy torch.ao modules.
+
+With ``integer_kernels`` (the integer-only I-BERT scheme) it is the only code that calls CPU kernels.
 
 Int8 layers run on torch's x86/fbgemm dynamic int8 GEMM (the kernel behind ``torch.ao``'s dynamic quantized
 Linear): weights are prepacked once, activations are quantized per call to uint8 with a per-tensor
