@@ -23,6 +23,7 @@ from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
 from .configuration import QUANT_METHOD
 from .hub import translate_hub_errors
 from .legacy import find_legacy_checkpoint, load_legacy_model
+from .tasks import TASK_AUTO_CLASSES
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -113,3 +114,21 @@ class INCModelForMultipleChoice(_INCLoaderMixin, AutoModelForMultipleChoice):
 
 class INCModelForMaskedLM(_INCLoaderMixin, AutoModelForMaskedLM):
     """Fill-mask."""
+
+
+
+_LOADERS = (
+    INCModel,
+    INCModelForSeq2SeqLM,
+    INCModelForCausalLM,
+    INCModelForSequenceClassification,
+    INCModelForTokenClassification,
+    INCModelForQuestionAnswering,
+    INCModelForMultipleChoice,
+    INCModelForMaskedLM,
+)
+# The INCModelFor<Task> loader of each pipeline task name (each subclasses the task's Auto class).
+TASK_LOADERS = {
+    task: next(loader for loader in _LOADERS if issubclass(loader, auto_class))
+    for task, auto_class in TASK_AUTO_CLASSES.items()
+}

@@ -12,7 +12,6 @@ from transformers import (
     BertForMultipleChoice,
 )
 
-from conftest import TINY_ARCHS
 from optimum_int8 import INCModel, INCModelForMultipleChoice, INCModelForSeq2SeqLM, Int8Config, Int8DynamicLinear, quantize_model
 
 

@@ -1,6 +1,5 @@
 """``optimum-int8 benchmark``: the command-line front of ``run_benchmark``."""
 
-import argparse
 import json
 from pathlib import Path
 

@@ -3,7 +3,8 @@
 import json
 import sys
 
-from .convert import TASK_LOADERS, convert_legacy_checkpoint
+from ..tasks import TASK_AUTO_CLASSES
+from .convert import convert_legacy_checkpoint
 from .reader import LegacyCheckpointError
 
 
@@ -18,7 +19,7 @@ def add_command(subparsers) -> None:
     )
     parser.add_argument("source", metavar="LEGACY_DIR", help="directory or Hub repo id of the legacy checkpoint")
     parser.add_argument("destination", metavar="OUT_DIR", help="new (or empty) directory to write")
-    parser.add_argument("--task", choices=sorted(TASK_LOADERS),
+    parser.add_argument("--task", choices=sorted(TASK_AUTO_CLASSES),
                         help="the checkpoint's task; needed only when its config.json names no architecture")
     parser.add_argument("--static-as-dynamic", action="store_true",
                         help="convert a static int8 checkpoint to dynamic int8: same int8 weights, activations "

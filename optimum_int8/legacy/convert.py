@@ -5,19 +5,10 @@ from pathlib import Path
 
 import transformers
 from torch import nn
-from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForMultipleChoice,
-    AutoModelForQuestionAnswering,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
 
 from .. import modelcard
 from ..checkpoint import staged_directory
+from ..tasks import TASK_AUTO_CLASSES
 from ..nn import Int8DynamicLinear, StaticInt8Linear
 from .builder import architecture_class, build_legacy_model
 from .reader import LegacyCheckpointError, download_kwargs, find_legacy_checkpoint, read_legacy_checkpoint, resolve_file
@@ -29,31 +20,19 @@ TOKENIZER_FILES = (
     "target.spm", "bpe.codes", "preprocessor_config.json",
 )
 
-# For checkpoints whose config.json names no architecture (then the task decides which head to build).
-TASK_LOADERS = {
-    "feature-extraction": AutoModel,
-    "text2text-generation": AutoModelForSeq2SeqLM,
-    "text-generation": AutoModelForCausalLM,
-    "text-classification": AutoModelForSequenceClassification,
-    "token-classification": AutoModelForTokenClassification,
-    "question-answering": AutoModelForQuestionAnswering,
-    "multiple-choice": AutoModelForMultipleChoice,
-    "fill-mask": AutoModelForMaskedLM,
-}
-
 
 def _loader_class(checkpoint, task: str | None) -> type:
     if task is not None:
-        if task not in TASK_LOADERS:
-            raise ValueError(f"task {task!r} is not one of {sorted(TASK_LOADERS)}.")
-        return TASK_LOADERS[task]
+        if task not in TASK_AUTO_CLASSES:
+            raise ValueError(f"task {task!r} is not one of {sorted(TASK_AUTO_CLASSES)}.")
+        return TASK_AUTO_CLASSES[task]
     model_class = architecture_class(checkpoint.config.get("architectures"))
     if model_class is None:
         named = checkpoint.config.get("architectures")
         what = f"architectures {named} name no transformers {transformers.__version__} class" if named else "names no architecture"
         raise LegacyCheckpointError(
             f"{checkpoint.source}: config.json {what}, so the checkpoint's head is unknown; pass its task "
-            f"(one of {sorted(TASK_LOADERS)})."
+            f"(one of {sorted(TASK_AUTO_CLASSES)})."
         )
     return model_class
 
@@ -87,7 +66,7 @@ def convert_legacy_checkpoint(source, destination, *, task: str | None = None, s
     failure leaves nothing behind. The converted model's outputs equal the legacy-loaded model's bit for
     bit: uint8 embeddings are stored as the exact fp32 rows the kernel looks up (the format has no int8
     embeddings). Static int8 checkpoints need ``static_as_dynamic=True``: the same int8 weights with
-    activations quantized per call, which changes outputs slightly. ``task`` (a key of ``TASK_LOADERS``)
+    activations quantized per call, which changes outputs slightly. ``task`` (a key of ``TASK_AUTO_CLASSES``)
     is needed only when config.json names no architecture. ``kwargs`` go to ``from_pretrained``
     (``revision``, ``cache_dir``, ``token``, ...).
     """

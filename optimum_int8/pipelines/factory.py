@@ -7,15 +7,7 @@ import transformers
 from transformers import AutoTokenizer, PreTrainedModel
 
 from ..configuration import QUANT_METHOD
-from ..modeling import (
-    INCModel,
-    INCModelForCausalLM,
-    INCModelForMaskedLM,
-    INCModelForQuestionAnswering,
-    INCModelForSeq2SeqLM,
-    INCModelForSequenceClassification,
-    INCModelForTokenClassification,
-)
+from ..modeling import TASK_LOADERS
 from .question_answering import QuestionAnsweringPipeline
 from .text2text import SummarizationPipeline, Text2TextGenerationPipeline, TranslationPipeline
 
@@ -25,19 +17,6 @@ PIPELINE_CLASSES = {
     "text2text-generation": Text2TextGenerationPipeline,
     "translation": TranslationPipeline,
     "question-answering": QuestionAnsweringPipeline,
-}
-
-TASK_LOADERS = {
-    "summarization": INCModelForSeq2SeqLM,
-    "text2text-generation": INCModelForSeq2SeqLM,
-    "translation": INCModelForSeq2SeqLM,
-    "question-answering": INCModelForQuestionAnswering,
-    "text-classification": INCModelForSequenceClassification,
-    "zero-shot-classification": INCModelForSequenceClassification,
-    "token-classification": INCModelForTokenClassification,
-    "fill-mask": INCModelForMaskedLM,
-    "text-generation": INCModelForCausalLM,
-    "feature-extraction": INCModel,
 }
 
 TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}

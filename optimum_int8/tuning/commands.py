@@ -113,7 +113,7 @@ def run_evaluate(args) -> int:
     from transformers import AutoTokenizer
 
     from ..evaluation import TaskEvaluator, normalize_task
-    from .quantizer import TASK_AUTO_CLASSES
+    from ..tasks import TASK_AUTO_CLASSES
 
     model = TASK_AUTO_CLASSES[normalize_task(args.task)].from_pretrained(args.model_dir).eval()
     evaluator = TaskEvaluator(

@@ -8,36 +8,18 @@ import warnings
 from pathlib import Path
 
 import transformers
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForQuestionAnswering,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from .. import linear_modules
 from ..configuration import Int8Config, TuningRecord, library_versions
 from ..evaluation import TaskEvaluator, higher_is_better, normalize_task
+from ..tasks import TASK_AUTO_CLASSES
 from ..quantizer import quantize_model
 from . import sensitivity
 from .config import TuningConfig
 from .driver import AutotuneDriver, SearchOutcome
 
 logger = logging.getLogger(__name__)
-
-TASK_AUTO_CLASSES = {
-    "text-classification": AutoModelForSequenceClassification,
-    "token-classification": AutoModelForTokenClassification,
-    "question-answering": AutoModelForQuestionAnswering,
-    "summarization": AutoModelForSeq2SeqLM,
-    "text2text-generation": AutoModelForSeq2SeqLM,
-    "text-generation": AutoModelForCausalLM,
-}
 
 
 class ToleranceNotMetWarning(UserWarning):
