@@ -23,7 +23,7 @@ from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
 from .configuration import QUANT_METHOD
 from .hub import translate_hub_errors
 from .legacy import find_legacy_checkpoint, load_legacy_model
-from .tasks import TASK_AUTO_CLASSES
+from .tasks import TASKS
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -127,8 +127,7 @@ _LOADERS = (
     INCModelForMultipleChoice,
     INCModelForMaskedLM,
 )
-# The INCModelFor<Task> loader of each pipeline task name (each subclasses the task's Auto class).
+# The INCModelFor<Task> loader of each registered task (each subclasses the task's Auto class).
 TASK_LOADERS = {
-    task: next(loader for loader in _LOADERS if issubclass(loader, auto_class))
-    for task, auto_class in TASK_AUTO_CLASSES.items()
+    name: next(loader for loader in _LOADERS if issubclass(loader, spec.auto_class)) for name, spec in TASKS.items()
 }

@@ -8,26 +8,19 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from ..configuration import QUANT_METHOD
 from ..modeling import TASK_LOADERS
-from .question_answering import QuestionAnsweringPipeline
-from .text2text import SummarizationPipeline, Text2TextGenerationPipeline, TranslationPipeline
+from ..tasks import TASKS, canonical_task
+from . import question_answering, text2text
 
-# The tasks transformers 5 removed; optimum-int8 provides them.
+# The tasks transformers 5 removed; optimum-int8 provides them (the registry names each one's class).
+_PIPELINE_MODULES = (question_answering, text2text)
 PIPELINE_CLASSES = {
-    "summarization": SummarizationPipeline,
-    "text2text-generation": Text2TextGenerationPipeline,
-    "translation": TranslationPipeline,
-    "question-answering": QuestionAnsweringPipeline,
+    name: next(getattr(module, spec.pipeline) for module in _PIPELINE_MODULES if hasattr(module, spec.pipeline))
+    for name, spec in TASKS.items()
+    if spec.pipeline is not None
 }
-
-TASK_ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
 
 # Passed to both the model's and the tokenizer's from_pretrained.
 HUB_KWARGS = ("revision", "token", "trust_remote_code", "local_files_only", "cache_dir")
-
-
-def _base_task(task: str) -> str:
-    task = TASK_ALIASES.get(task, task)
-    return "translation" if task.startswith("translation_") else task
 
 
 def _is_int8(model) -> bool:
@@ -72,7 +65,7 @@ def pipeline(task: str, model=None, tokenizer=None, model_kwargs: dict | None = 
     """
     if model is None:
         raise ValueError(f"optimum_int8.pipeline({task!r}) needs model=: a loaded model, a local directory or a Hub repo id.")
-    base_task = _base_task(task)
+    base_task = canonical_task(task)
     loader = TASK_LOADERS.get(base_task)
     if isinstance(model, (str, os.PathLike)) and loader is None:
         # No INCModelFor<Task> loader (vision, audio, ...): transformers' own loaders restore int8 checkpoints too.
