@@ -70,6 +70,20 @@ def _raise_failures(what: str, failures: list[tuple[int, str]], cause: BaseExcep
     raise DistributedError(f"{what} failed on {detail} (every rank raises this; the traceback on {where} has the cause)") from cause
 
 
+@contextlib.contextmanager
+def _collective(what: str):
+    """A collective that fails (a rank died, hung past the group's timeout, or is at another step) says which step."""
+    try:
+        yield
+    except DistributedError:
+        raise
+    except RuntimeError as error:
+        raise DistributedError(
+            f"{what}: the collective failed on rank {rank()} of {world_size()}; another rank died, hung past the "
+            f"process group's timeout or is at another step ({error})"
+        ) from error
+
+
 def gather(local, error: BaseException | None = None, what: str = "a step") -> list:
     """Every rank's ``local`` value, in rank order, on every rank (``[local]`` in one process).
 
@@ -82,7 +96,8 @@ def gather(local, error: BaseException | None = None, what: str = "a step") -> l
         return [local]
     payload = (None, local) if error is None else (_describe(error), None)
     gathered = [None] * world_size()
-    dist.all_gather_object(gathered, payload)
+    with _collective(what):
+        dist.all_gather_object(gathered, payload)
     failures = [(index, message) for index, (message, _) in enumerate(gathered) if message is not None]
     if failures:
         _raise_failures(what, failures, error)
@@ -111,19 +126,21 @@ def on_main_process(fn: Callable, what: str):
         except Exception as exc:  # broadcast below, then raised on every rank
             error = exc
     payload = [(None if error is None else _describe(error), result)]
-    dist.broadcast_object_list(payload, src=0)
+    with _collective(what):
+        dist.broadcast_object_list(payload, src=0)
     message, result = payload[0]
     if message is not None:
         _raise_failures(what, [(0, message)], error)
     return result
 
 
-def broadcast(value):
+def broadcast(value, what: str = "a broadcast decision"):
     """Rank 0's ``value`` on every rank (a decision all ranks must take the same way)."""
     if not is_distributed():
         return value
     payload = [value]
-    dist.broadcast_object_list(payload, src=0)
+    with _collective(what):
+        dist.broadcast_object_list(payload, src=0)
     return payload[0]
 
 
