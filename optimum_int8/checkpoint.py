@@ -1,18 +1,17 @@
-"""Checkpoint files on disk: validate int8 safetensors before trusting them; save atomically."""
+"""The checkpoint file format: read safetensors headers and validate them against the manifest before
+trusting them. How checkpoints are written to disk (staging, fsync, atomic swap) is ``saving``'s."""
 
-import contextlib
-import os
 import re
-import shutil
-import tempfile
-from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from . import hub, modelcard
-
 _WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
+
+
+def is_weight_file(name: str) -> bool:
+    """Whether ``name`` is a weights file (or shard index) that transformers writes or reads."""
+    return _WEIGHT_FILE.match(name) is not None
 
 
 class CheckpointError(ValueError):
@@ -82,71 +81,3 @@ def validate_module_tensors(headers, layouts: dict, listed: dict, manifest_sourc
                 f"{path}: tensor {key!r} is {precision}, but the manifest in {manifest_source} does not list "
                 f"{module_name!r} as {precision}."
             )
-
-
-def _carry_over(old_dir: Path, new_dir: Path) -> None:
-    """Keep files saved earlier beside the weights (tokenizer, README, ...); old weights are replaced."""
-    for entry in old_dir.iterdir():
-        destination = new_dir / entry.name
-        if _WEIGHT_FILE.match(entry.name) or destination.exists():
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, destination, symlinks=True)
-        else:
-            shutil.copy2(entry, destination, follow_symlinks=False)
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rmdir(backup)
-    os.rename(target, backup)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        os.rename(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def staged_directory(target: Path, carry_over: bool = True):
-    """Yield a temporary sibling directory of ``target`` to write into; on success it replaces ``target``.
-
-    On any failure the temporary directory is removed and ``target`` is left exactly as it was. With
-    ``carry_over``, files already in ``target`` other than weights (tokenizer, README, ...) are kept.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        if carry_over and target.is_dir():
-            _carry_over(target, staging)
-        yield staging
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
-        _swap_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def atomic_save_pretrained(model, save_directory, *args, **kwargs):
-    """``save_pretrained`` that writes into a temporary sibling directory and renames it into place.
-
-    On any failure the temporary directory is removed and ``save_directory`` is left exactly as it was.
-    The directory gets the generated model card (README.md). Bound to each quantized model as its
-    ``save_pretrained``; ``push_to_hub=True`` saves and pushes through ``optimum_int8.hub.push_to_hub``.
-    """
-    target = Path(save_directory).absolute()
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"save_pretrained: {target} exists and is a file; pass a directory path.")
-    if kwargs.pop("push_to_hub", False):
-        push_kwargs = {key: kwargs.pop(key) for key in hub.PUSH_KEYWORDS if key in kwargs}
-        return hub.push_to_hub(model, push_kwargs.pop("repo_id", target.name), save_directory=target, save_args=args,
-                               save_kwargs=kwargs, **push_kwargs)
-    with staged_directory(target) as staging:
-        type(model).save_pretrained(model, staging, *args, **kwargs)
-        modelcard.write_model_card(model, staging, repo_id=target.name)

@@ -14,13 +14,11 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from . import modelcard
+from . import modelcard, saving
 
 # Weight files a push replaces: stale ones (other shards, a legacy pytorch_model.bin) go in the same
 # commit, so the repo never holds weights that disagree with its config.json.
 WEIGHT_PATTERNS = ("model*.safetensors", "model*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json")
-# What ``save_pretrained(..., push_to_hub=True)`` passes on to the push rather than to the save.
-PUSH_KEYWORDS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags")
 
 
 class HubAccessError(OSError):
@@ -116,7 +114,8 @@ def push_to_hub(
     card (the repo's README.md stays as it is if someone wrote it by hand). Weight files of an earlier
     push that this one does not replace are deleted in the same commit.
 
-    The model is saved into ``save_directory`` (default: a temporary directory) with ``save_args`` /
+    The model, tokenizer and card are saved together into ``save_directory`` (default: a temporary
+    directory) through ``optimum_int8.saving`` (crash-safe, never over another model), with ``save_args`` /
     ``save_kwargs`` for ``save_pretrained``. ``card_fields`` (license, datasets, base_model, language,
     task) go to :func:`optimum_int8.modelcard.build_model_card`.
     """
@@ -126,10 +125,10 @@ def push_to_hub(
         keep_remote_card = _remote_card_is_handwritten(api, repo_id, revision, token)
         if save_directory is None:
             save_directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="optimum-int8-push-"))
-        model.save_pretrained(save_directory, *save_args, **{"max_shard_size": max_shard_size, **(save_kwargs or {})})
-        if tokenizer is not None:
-            tokenizer.save_pretrained(save_directory)
-        modelcard.write_model_card(model, save_directory, repo_id=repo_id, tags=tags, **card_fields)
+        save_directory = saving.save_quantized(
+            model, save_directory, *save_args, tokenizer=tokenizer, card_fields={"repo_id": repo_id, "tags": tags, **card_fields},
+            **{"max_shard_size": max_shard_size, **(save_kwargs or {})},
+        )
         if revision is not None and not revision.startswith("refs/pr/"):
             api.create_branch(repo_id, branch=revision, token=token, exist_ok=True)
         return api.upload_folder(

@@ -20,6 +20,7 @@ from transformers import (
 )
 from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
 
+from . import saving
 from .configuration import QUANT_METHOD
 from .hub import translate_hub_errors
 from .legacy import find_legacy_checkpoint, load_legacy_model
@@ -65,14 +66,16 @@ class _INCLoaderMixin:
 
         Our int8 checkpoints come back with ``Int8DynamicLinear`` layers; fp32 ones are quantized
         while loading if ``quantization_config=Int8Config(...)`` is passed; legacy INC int8 checkpoints
-        are rebuilt from their ``best_configure`` (docs/legacy.md).
+        are rebuilt from their ``best_configure`` (docs/legacy.md). A local directory is held steady while
+        it loads (``optimum_int8.saving.reading``): a concurrent save gives the old or the new model, never a mix.
         """
-        check_local_checkpoint(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
-        with translate_hub_errors(pretrained_model_name_or_path, revision=kwargs.get("revision"), token=kwargs.get("token")):
-            legacy_weights = find_legacy_checkpoint(pretrained_model_name_or_path, kwargs)
-            if legacy_weights is not None:
-                return load_legacy_model(cls, pretrained_model_name_or_path, legacy_weights, *model_args, **kwargs)
-            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        with saving.reading(pretrained_model_name_or_path):
+            check_local_checkpoint(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+            with translate_hub_errors(pretrained_model_name_or_path, revision=kwargs.get("revision"), token=kwargs.get("token")):
+                legacy_weights = find_legacy_checkpoint(pretrained_model_name_or_path, kwargs)
+                if legacy_weights is not None:
+                    return load_legacy_model(cls, pretrained_model_name_or_path, legacy_weights, *model_args, **kwargs)
+                model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         loaded = model[0] if isinstance(model, tuple) else model
         if getattr(loaded, "quantization_method", None) != QUANT_METHOD:
             warnings.warn(

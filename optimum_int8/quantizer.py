@@ -26,10 +26,11 @@ from transformers.utils import logging
 
 from . import linear_modules
 from ._memory import FilePageReleaser, trim_heap
-from .checkpoint import CheckpointError, atomic_save_pretrained, read_tensor_headers, validate_module_tensors
+from .checkpoint import CheckpointError, read_tensor_headers, validate_module_tensors
 from .configuration import QUANT_METHOD, SCHEME_IBERT, FallbackManifest, Int8Config
 from .hub import push_to_hub
 from .nn import BFloat16Linear, Int8DynamicLinear, kernels
+from .saving import atomic_save_pretrained
 
 logger = logging.get_logger(__name__)
 

@@ -1,5 +1,4 @@
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -145,41 +144,3 @@ def test_pickled_weights_are_refused(int8_dir):
     (int8_dir / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"pytorch_model.bin: optimum-int8 checkpoints are safetensors only"):
         INCModelForSeq2SeqLM.from_pretrained(int8_dir)
-
-
-def test_failed_save_leaves_the_previous_directory_intact(int8_dir, monkeypatch):
-    model = INCModelForSeq2SeqLM.from_pretrained(int8_dir)
-    before = {p.name: p.read_bytes() for p in int8_dir.iterdir()}
-
-    def fail_midway(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr("transformers.modeling_utils.safe_save_file", fail_midway)
-    with pytest.raises(OSError, match="disk full"):
-        model.save_pretrained(int8_dir)
-    assert {p.name: p.read_bytes() for p in int8_dir.iterdir()} == before
-    assert sorted(p.name for p in int8_dir.parent.iterdir()) == ["bart-fp32", "int8"]
-    with pytest.raises(OSError, match="disk full"):
-        model.save_pretrained(int8_dir.parent / "new")
-    assert not (int8_dir.parent / "new").exists()
-
-
-def test_saving_over_a_directory_keeps_other_files_and_drops_stale_shards(tmp_path, int8_dir):
-    model = INCModelForSeq2SeqLM.from_pretrained(int8_dir)
-    target = tmp_path / "out"
-    model.save_pretrained(target, max_shard_size="20KB")
-    (target / "tokenizer.json").write_text("{}")
-    model.save_pretrained(target)
-    assert sorted(p.name for p in target.iterdir()) == [
-        "README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json"
-    ]
-    umask = os.umask(0)
-    os.umask(umask)
-    assert target.stat().st_mode & 0o777 == 0o777 & ~umask
-
-
-def test_saving_to_a_file_path_is_an_error(tmp_path, int8_dir):
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(NotADirectoryError, match="exists and is a file"):
-        INCModelForSeq2SeqLM.from_pretrained(int8_dir).save_pretrained(tmp_path / "file")

@@ -69,7 +69,7 @@ def _source_checkpoint(settings: BenchmarkSettings) -> tuple[Path, Path, str]:
         if settings.rebuild and base.exists():
             shutil.rmtree(base)
         if not (fp32_dir / "config.json").is_file():
-            from ..checkpoint import staged_directory
+            from ..saving import staged_directory
 
             with staged_directory(fp32_dir, carry_over=False) as staging:
                 preset.save(staging, settings.seed)

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from ..checkpoint import staged_directory
 from ..configuration import Int8Config
+from ..saving import staged_directory
 
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.onnx", "*.onnx.data")
 

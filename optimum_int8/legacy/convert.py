@@ -1,13 +1,12 @@
 """Rewrite a legacy INC int8 checkpoint in optimum-int8's safetensors format."""
 
-import shutil
+import os
 from pathlib import Path
 
 import transformers
 from torch import nn
 
-from .. import modelcard
-from ..checkpoint import staged_directory
+from .. import saving
 from ..tasks import TASK_AUTO_CLASSES
 from ..nn import Int8DynamicLinear, StaticInt8Linear
 from .builder import architecture_class, build_legacy_model
@@ -52,9 +51,8 @@ def static_to_dynamic(model: nn.Module) -> list[str]:
     return names
 
 
-def _check_destination(destination: Path) -> None:
-    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-        raise FileExistsError(f"{destination} exists and is not an empty directory; convert into a new directory.")
+def _sources(source) -> list[str]:
+    return [str(Path(source).expanduser())] if Path(source).expanduser().is_dir() else []
 
 
 def convert_legacy_checkpoint(source, destination, *, task: str | None = None, static_as_dynamic: bool = False,
@@ -62,16 +60,16 @@ def convert_legacy_checkpoint(source, destination, *, task: str | None = None, s
     """Rewrite the legacy INC checkpoint at ``source`` (directory or Hub repo id) in optimum-int8's format.
 
     ``destination`` gets ``model.safetensors`` + ``config.json`` (with the manifest), the generation config
-    and the tokenizer files; it is written in a temporary sibling directory and renamed into place, so a
-    failure leaves nothing behind. The converted model's outputs equal the legacy-loaded model's bit for
-    bit: uint8 embeddings are stored as the exact fp32 rows the kernel looks up (the format has no int8
+    and the tokenizer files, all through ``optimum_int8.saving`` (staged, fsync'd, renamed into place: a
+    failure or a crash leaves nothing behind); it must be a new or empty directory. The converted model's
+    outputs equal the legacy-loaded model's bit for bit: uint8 embeddings are stored as the exact fp32 rows the kernel looks up (the format has no int8
     embeddings). Static int8 checkpoints need ``static_as_dynamic=True``: the same int8 weights with
     activations quantized per call, which changes outputs slightly. ``task`` (a key of ``TASK_AUTO_CLASSES``)
     is needed only when config.json names no architecture. ``kwargs`` go to ``from_pretrained``
     (``revision``, ``cache_dir``, ``token``, ...).
     """
     destination = Path(destination).expanduser().absolute()
-    _check_destination(destination)
+    saving.check_target(Path(os.path.realpath(destination)), sources=_sources(source), new_only=True)
     weights_file = find_legacy_checkpoint(source, kwargs)
     if weights_file is None:
         raise LegacyCheckpointError(
@@ -89,12 +87,6 @@ def convert_legacy_checkpoint(source, destination, *, task: str | None = None, s
             )
         converted = static_to_dynamic(model)
         model.config.quantization_config.manifest.created_with["legacy-static-as-dynamic"] = f"{len(converted)} modules"
-    with staged_directory(destination, carry_over=False) as staging:
-        type(model).save_pretrained(model, staging)
-        modelcard.write_model_card(model, staging, repo_id=destination.name)
-        hub_kwargs = download_kwargs(kwargs)
-        for name in TOKENIZER_FILES:
-            path = resolve_file(source, name, hub_kwargs)
-            if path is not None:
-                shutil.copyfile(path, staging / name)
-    return destination
+    hub_kwargs = download_kwargs(kwargs)
+    files = {name: path for name in TOKENIZER_FILES if (path := resolve_file(source, name, hub_kwargs)) is not None}
+    return saving.save_quantized(model, destination, files=files, sources=_sources(source), carry_over=False, new_only=True)
