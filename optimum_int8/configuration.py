@@ -6,8 +6,13 @@ from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from .nn.kernels import KERNEL_CHOICES
+from .nn.runtime import COMPUTE_DTYPE_CHOICES
+
 QUANT_METHOD = "optimum_int8"
-FORMAT_VERSION = 1
+# 2 added the runtime choices (kernel, compute_dtype, reduce_range); the tensors are those of version 1.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 SCHEME_INT8_DYNAMIC = "int8_dynamic"
 SCHEME_IBERT = "ibert"
 SUPPORTED_SCHEMES = (SCHEME_INT8_DYNAMIC, SCHEME_IBERT)
@@ -89,6 +94,10 @@ class FallbackManifest:
     tuning: TuningRecord | None = None
     # ibert scheme only: static activation scales, {integer module name: {point: scale}} (docs/format.md).
     activation_scales: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    # How the model ran when it was quantized: the int8 kernel plan and the compute dtype (a record, not a
+    # setting: the config's kernel/compute_dtype decide how it runs when loaded).
+    kernel: str | None = None
+    compute_dtype: str | None = None
 
     def __post_init__(self):
         for name, points in self.activation_scales.items():
@@ -116,8 +125,9 @@ class FallbackManifest:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["tuning"] = self.tuning.to_dict() if self.tuning is not None else None
-        if not data["activation_scales"]:
-            del data["activation_scales"]
+        for optional in ("activation_scales", "kernel", "compute_dtype"):
+            if not data[optional]:
+                del data[optional]
         return data
 
 
@@ -133,6 +143,12 @@ class Int8Config(QuantizationConfigMixin):
             from a checkpoint always has one.
         scheme: ``"int8_dynamic"`` (the above) or ``"ibert"``: integer-only BERT/RoBERTa/I-BERT encoders
             with static activation scales from calibration data (docs/ibert.md).
+        kernel: the int8 GEMM backend, ``"auto"`` (per CPU and input rows, docs/kernels.md), ``"fbgemm"`` or
+            ``"onednn"``. The environment variable ``OPTIMUM_INT8_KERNEL`` overrides ``"auto"``.
+        compute_dtype: what the non-int8 parts compute in: ``"auto"`` (bf16 on CPUs with AMX-BF16, else
+            fp32), ``"float32"`` or ``"bfloat16"``.
+        reduce_range: 7-bit activations. None (default): only on CPUs without VNNI, whose int8 instructions
+            need them; True reproduces torch.ao's x86 default (legacy INC checkpoints).
     """
 
     def __init__(
@@ -141,16 +157,27 @@ class Int8Config(QuantizationConfigMixin):
         modules_in_bf16: list[str] | None = None,
         manifest: FallbackManifest | dict | None = None,
         scheme: str = SCHEME_INT8_DYNAMIC,
+        kernel: str = "auto",
+        compute_dtype: str = "auto",
+        reduce_range: bool | None = None,
         format_version: int = FORMAT_VERSION,
         quant_method: str = QUANT_METHOD,
     ):
         if quant_method != QUANT_METHOD:
             raise ConfigError(f"Int8Config reads quant_method {QUANT_METHOD!r}, got {quant_method!r}")
-        if format_version != FORMAT_VERSION:
+        if isinstance(format_version, bool) or format_version not in READABLE_FORMAT_VERSIONS:
             raise ConfigError(
-                f"quantization_config.format_version is {format_version}; this optimum-int8 reads version "
-                f"{FORMAT_VERSION}. Upgrade optimum-int8 to load this checkpoint."
+                f"quantization_config.format_version is {format_version!r}; this optimum-int8 reads versions "
+                f"{list(READABLE_FORMAT_VERSIONS)}. Upgrade optimum-int8 to load this checkpoint."
             )
+        if kernel not in KERNEL_CHOICES:
+            raise ConfigError(f"quantization_config.kernel is {kernel!r}; choose one of {list(KERNEL_CHOICES)}")
+        if compute_dtype not in COMPUTE_DTYPE_CHOICES:
+            raise ConfigError(
+                f"quantization_config.compute_dtype is {compute_dtype!r}; choose one of {list(COMPUTE_DTYPE_CHOICES)}"
+            )
+        if reduce_range not in (None, True, False):
+            raise ConfigError(f"quantization_config.reduce_range must be true, false or null, got {reduce_range!r}")
         if scheme not in SUPPORTED_SCHEMES:
             raise ConfigError(f"quantization_config.scheme is {scheme!r}; supported schemes are {SUPPORTED_SCHEMES}")
         if scheme == SCHEME_IBERT and (modules_in_fp32 or modules_in_bf16):
@@ -162,15 +189,19 @@ class Int8Config(QuantizationConfigMixin):
             if isinstance(names, str) or not all(isinstance(m, str) for m in names or []):
                 raise ConfigError(f"{key} must be a list of module names (strings)")
         self.quant_method = QUANT_METHOD
-        self.format_version = format_version
+        self.format_version = FORMAT_VERSION
         self.scheme = scheme
+        self.kernel = kernel
+        self.compute_dtype = compute_dtype
+        self.reduce_range = reduce_range
         self.modules_in_fp32 = list(modules_in_fp32 or [])
         self.modules_in_bf16 = list(modules_in_bf16 or [])
         self.manifest = FallbackManifest.from_dict(manifest, "quantization_config.manifest") if isinstance(manifest, dict) else manifest
 
     @classmethod
     def from_dict(cls, config_dict: dict, return_unused_kwargs: bool = False, **kwargs) -> "Int8Config":
-        allowed = {"quant_method", "format_version", "scheme", "modules_in_fp32", "modules_in_bf16", "manifest"}
+        allowed = {"quant_method", "format_version", "scheme", "modules_in_fp32", "modules_in_bf16", "manifest",
+                   "kernel", "compute_dtype", "reduce_range"}
         _check_keys("quantization_config", config_dict, allowed, {"quant_method"})
         config = cls(**config_dict)
         return (config, kwargs) if return_unused_kwargs else config
@@ -180,6 +211,9 @@ class Int8Config(QuantizationConfigMixin):
             "quant_method": self.quant_method,
             "format_version": self.format_version,
             "scheme": self.scheme,
+            "kernel": self.kernel,
+            "compute_dtype": self.compute_dtype,
+            "reduce_range": self.reduce_range,
             "modules_in_fp32": list(self.modules_in_fp32),
             "modules_in_bf16": list(self.modules_in_bf16),
             "manifest": self.manifest.to_dict() if self.manifest is not None else None,

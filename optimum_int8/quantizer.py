@@ -29,7 +29,7 @@ from ._memory import FilePageReleaser, trim_heap
 from .checkpoint import CheckpointError, read_tensor_headers, validate_module_tensors
 from .configuration import QUANT_METHOD, SCHEME_IBERT, FallbackManifest, Int8Config
 from .hub import push_to_hub
-from .nn import BFloat16Linear, Int8DynamicLinear, kernels
+from .nn import BFloat16Linear, Int8DynamicLinear, kernels, runtime
 from .saving import atomic_save_pretrained
 
 logger = logging.get_logger(__name__)
@@ -96,14 +96,14 @@ class Int8HfQuantizer(HfQuantizer):
         self._releaser: FilePageReleaser | None = None
 
     def validate_environment(self, device_map=None, **kwargs):
-        kernels.check_available()
+        kernels.plan(self.quantization_config.kernel, self.quantization_config.reduce_range)
         _check_cpu_device_map(device_map)
 
     def update_dtype(self, dtype):
         if dtype is not None and dtype != torch.float32:
-            logger.warning(
-                f"optimum-int8 computes int8 layers in float32 and keeps fallback modules in float32; "
-                f"loading the model in float32 instead of {dtype}."
+            logger.info(
+                f"optimum-int8 keeps the float parameters (norms, embeddings, fp32 fallbacks) in float32 and "
+                f"ignores dtype={dtype}; Int8Config(compute_dtype=...) chooses what the model computes in."
             )
         return torch.float32
 
@@ -195,14 +195,20 @@ class Int8HfQuantizer(HfQuantizer):
         return QuantizeWeightOnLoad(self)
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        config = self.quantization_config
         if self.pre_quantized:
             self._check_and_pack_loaded_modules(model)
         else:
             self._convert_remaining(model)
-            self.quantization_config.manifest = FallbackManifest(
-                int8_modules=[name for name, cls in self.target_classes.items() if cls is Int8DynamicLinear],
-                fallback_modules=dict(self._fallback_modules),
-            )
+        if config.scheme != SCHEME_IBERT:  # the integer-only scheme fixes its own arithmetic and manifest
+            settings = runtime.configure(model, config.kernel, config.reduce_range, config.compute_dtype)
+            if not self.pre_quantized:
+                config.manifest = FallbackManifest(
+                    int8_modules=[name for name, cls in self.target_classes.items() if cls is Int8DynamicLinear],
+                    fallback_modules=dict(self._fallback_modules),
+                    kernel=settings.kernel.describe(),
+                    compute_dtype=settings.compute_dtype,
+                )
         model.save_pretrained = types.MethodType(atomic_save_pretrained, model)
         model.push_to_hub = types.MethodType(push_to_hub, model)
         return model

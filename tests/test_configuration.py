@@ -19,12 +19,22 @@ def test_config_round_trips_through_json():
     config = Int8Config(modules_in_fp32=["lm_head"], manifest=_manifest())
     data = json.loads(json.dumps(config.to_dict()))
     assert data["quant_method"] == "optimum_int8"
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert data["scheme"] == "int8_dynamic"
+    assert (data["kernel"], data["compute_dtype"], data["reduce_range"]) == ("auto", "auto", None)
     assert data["manifest"]["tuning"]["metric"] == "rougeLsum"
     restored = Int8Config.from_dict(data)
     assert restored.to_dict() == config.to_dict()
     assert restored.manifest.tuning == config.manifest.tuning
+
+
+def test_version_1_configs_still_read_with_the_default_runtime():
+    data = Int8Config(modules_in_fp32=["lm_head"], manifest=_manifest()).to_dict()
+    for key in ("kernel", "compute_dtype", "reduce_range"):
+        del data[key]
+    config = Int8Config.from_dict(data | {"format_version": 1})
+    assert (config.kernel, config.compute_dtype, config.reduce_range) == ("auto", "auto", None)
+    assert config.format_version == 2 and config.manifest == _manifest()
 
 
 def test_manifest_records_library_versions():
@@ -38,7 +48,11 @@ def test_manifest_records_library_versions():
         (lambda d: d["manifest"].update(extra=1), r"quantization_config.manifest has unknown key\(s\) \['extra'\]"),
         (lambda d: d["manifest"]["tuning"].pop("metric"), r"quantization_config.manifest.tuning is missing .*'metric'"),
         (lambda d: d["manifest"]["tuning"].update(tolerance_mode="percent"), "tolerance_mode must be one of"),
-        (lambda d: d.update(format_version=2), "format_version is 2; this optimum-int8 reads version 1"),
+        (lambda d: d.update(format_version=3), r"format_version is 3; this optimum-int8 reads versions \[1, 2\]"),
+        (lambda d: d.update(format_version=True), "format_version is True"),
+        (lambda d: d.update(kernel="cuda"), r"kernel is 'cuda'; choose one of \['auto', 'fbgemm', 'onednn'\]"),
+        (lambda d: d.update(compute_dtype="float16"), "compute_dtype is 'float16'"),
+        (lambda d: d.update(reduce_range="yes"), "reduce_range must be true, false or null"),
         (lambda d: d.update(scheme="int4"), "scheme is 'int4'"),
         (lambda d: d["manifest"]["fallback_modules"].update(lm_head="float8"), r"fallback_modules\['lm_head'\] is 'float8'"),
         (lambda d: d["manifest"]["fallback_modules"].update({"model.encoder.layers.0.fc1": "float32"}), "both in int8_modules"),

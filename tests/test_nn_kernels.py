@@ -1,32 +1,163 @@
+"""The int8 backends, the dispatch table and the CPU capabilities every choice reads."""
+
+import copy
+import pickle
+
+import pytest
 import torch
 
 from optimum_int8.nn import kernels
+from optimum_int8.nn.kernels import CpuCapabilities, KernelPlan, KernelUnavailableError, capabilities, dispatch
+
+AMX = CpuCapabilities(avx2=True, avx512=True, avx512_vnni=True, avx512_bf16=True, amx_int8=True, amx_bf16=True)
+VNNI = CpuCapabilities(avx2=True, avx512=True, avx512_vnni=True)
+VNNI_BF16 = CpuCapabilities(avx2=True, avx512=True, avx512_vnni=True, avx512_bf16=True)
+AVX2 = CpuCapabilities(avx2=True)
+HERE = capabilities.detect()
 
 
-def test_kernels_are_available_on_this_torch():
+def _runnable(backend: str) -> str | None:
+    return kernels.BACKENDS[backend].unavailable_reason(HERE)
+
+
+BACKENDS_HERE = [
+    pytest.param(name, marks=pytest.mark.skipif(_runnable(name) is not None, reason=f"{name}: {_runnable(name)}"))
+    for name in kernels.BACKENDS
+]
+
+
+def _weights(out_features=48, in_features=40, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    weight_int8 = torch.randint(-127, 128, (out_features, in_features), generator=generator, dtype=torch.int8)
+    weight_scale = torch.rand(out_features, generator=generator) / 100 + 1e-3
+    return weight_int8, weight_scale, torch.randn(out_features, generator=generator)
+
+
+def test_some_kernel_runs_on_this_cpu():
     kernels.check_available()
+    assert HERE.avx2, "optimum-int8 targets x86 CPUs with AVX2"
 
 
-def test_pack_unpack_round_trip_is_exact():
-    generator = torch.Generator().manual_seed(0)
-    weight_int8 = torch.randint(-127, 128, (48, 40), generator=generator, dtype=torch.int8)
-    weight_scale = torch.rand(48, generator=generator) / 100
-    packed = kernels.pack(weight_int8, weight_scale, torch.randn(48, generator=generator))
-    unpacked_int8, unpacked_scale = kernels.unpack(packed)
+def test_detected_capabilities_match_torchs_own_checks():
+    assert HERE.amx_int8 == torch.cpu._is_amx_tile_supported()
+    assert HERE.avx512_vnni == torch.cpu._is_vnni_supported()
+    assert HERE.needs_reduce_range == (not HERE.avx512_vnni)
+
+
+def test_capabilities_from_the_environment_and_unknown_flags(monkeypatch):
+    monkeypatch.setenv(capabilities.CAPABILITIES_ENV, "avx2, avx512")
+    assert capabilities.current() == CpuCapabilities(avx2=True, avx512=True)
+    monkeypatch.setenv(capabilities.CAPABILITIES_ENV, "avx2,sse9")
+    with pytest.raises(ValueError, match=r"OPTIMUM_INT8_CPU_CAPABILITIES.*sse9"):
+        capabilities.current()
+    with capabilities.overridden(AMX):
+        assert capabilities.current() is AMX
+
+
+@pytest.mark.parametrize(
+    "cpu, expected",
+    [
+        (AMX, KernelPlan("onednn", False, "fbgemm", 32)),
+        (VNNI, KernelPlan("fbgemm", False)),
+        (VNNI_BF16, KernelPlan("fbgemm", False)),
+        (AVX2, KernelPlan("fbgemm", True)),
+    ],
+    ids=["amx", "vnni", "vnni-bf16", "avx2"],
+)
+def test_auto_dispatch_per_cpu(cpu, expected):
+    assert kernels.plan(capabilities=cpu) == expected
+
+
+def test_amx_plan_picks_the_backend_by_rows():
+    amx = kernels.plan(capabilities=AMX)
+    assert [amx.backend_for(rows) for rows in (1, 4, 31, 32, 2048)] == ["fbgemm"] * 3 + ["onednn"] * 2
+
+
+def test_forced_kernels_and_reduce_range(monkeypatch):
+    assert kernels.plan("onednn", capabilities=VNNI) == KernelPlan("onednn", False)
+    assert kernels.plan("fbgemm", reduce_range=True, capabilities=AMX) == KernelPlan("fbgemm", True)
+    monkeypatch.setenv(kernels.KERNEL_ENV, "fbgemm")
+    assert kernels.plan(capabilities=AMX) == KernelPlan("fbgemm", False)
+    assert kernels.plan("onednn", capabilities=AMX).backend == "onednn"  # an explicit choice beats the variable
+    monkeypatch.setenv(kernels.KERNEL_ENV, "cuda")
+    with pytest.raises(ValueError, match="OPTIMUM_INT8_KERNEL"):
+        kernels.plan(capabilities=AMX)
+
+
+def test_forcing_a_kernel_the_cpu_cannot_run_names_the_kernel_and_flags():
+    with pytest.raises(KernelUnavailableError, match=r"'onednn'.*VNNI.*\['avx2'\]"):
+        kernels.plan("onednn", capabilities=AVX2)
+    with pytest.raises(KernelUnavailableError, match="AVX2"):
+        kernels.plan(capabilities=CpuCapabilities())
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_pack_unpack_round_trip_is_exact(backend):
+    weight_int8, weight_scale, bias = _weights()
+    packed = kernels.BACKENDS[backend].pack(weight_int8, weight_scale, bias)
+    unpacked_int8, unpacked_scale = kernels.BACKENDS[backend].unpack(packed)
     assert torch.equal(unpacked_int8, weight_int8)
-    assert unpacked_scale.dtype == torch.float32
-    assert torch.equal(unpacked_scale, weight_scale)
+    assert unpacked_scale.dtype == torch.float32 and torch.equal(unpacked_scale, weight_scale)
 
 
-def test_linear_matches_float_reference_within_activation_rounding():
-    generator = torch.Generator().manual_seed(1)
-    weight_int8 = torch.randint(-127, 128, (16, 64), generator=generator, dtype=torch.int8)
-    weight_scale = torch.full((16,), 0.01)
-    bias = torch.randn(16, generator=generator)
-    x = torch.randn(5, 64, generator=generator)
+@pytest.mark.parametrize("reduce_range", [False, True], ids=["8-bit", "7-bit"])
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_linear_matches_float_reference_within_activation_rounding(backend, reduce_range, out_dtype):
+    weight_int8, weight_scale, bias = _weights(16, 64, seed=1)
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(2))
     weight = weight_int8.float() * weight_scale[:, None]
-    output = kernels.linear(x, kernels.pack(weight_int8, weight_scale, bias))
-    # Activations are quantized per tensor to 7 bits (reduce_range): step = range / 127.
-    step = (x.max() - min(x.min(), 0)) / 127
+    output = kernels.BACKENDS[backend].linear(
+        x, kernels.BACKENDS[backend].pack(weight_int8, weight_scale, bias), reduce_range, out_dtype
+    )
+    assert output.dtype == out_dtype
+    # Per-tensor activations over [min(x, 0), max(x, 0)]: step = range / 255 (8-bit) or / 127 (7-bit).
+    reference = torch.nn.functional.linear(x, weight, bias)
+    step = (x.max() - min(x.min(), 0)) / (127 if reduce_range else 255)
     bound = step / 2 * weight.abs().sum(dim=1) + 1e-4
-    assert (output - torch.nn.functional.linear(x, weight, bias)).abs().le(bound).all()
+    if out_dtype == torch.bfloat16:
+        bound = bound + reference.abs() * 2**-8
+    assert (output.float() - reference).abs().le(bound).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_backends_agree_with_each_other(backend):
+    weight_int8, weight_scale, bias = _weights(64, 128, seed=3)
+    x = torch.randn(3, 7, 128, generator=torch.Generator().manual_seed(4))
+    outputs = {
+        name: kernels.BACKENDS[name].linear(x, kernels.BACKENDS[name].pack(weight_int8, weight_scale, bias), False, torch.float32)
+        for name in kernels.BACKENDS if _runnable(name) is None
+    }
+    reference = outputs["fbgemm"]
+    assert outputs[backend].shape == (3, 7, 64)
+    # Same 8-bit activation codes; the kernels may differ in how they round the requantized fp32 sums.
+    assert torch.allclose(outputs[backend], reference, rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_refuses_nan_inputs_with_a_clear_error():
+    if _runnable("onednn"):
+        pytest.skip(_runnable("onednn"))
+    weight_int8, weight_scale, bias = _weights(8, 16)
+    packed = kernels.onednn.pack(weight_int8, weight_scale, bias)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        kernels.onednn.linear(torch.full((2, 16), float("nan")), packed, False, torch.float32)
+
+
+def test_packed_weight_dispatches_by_rows_and_packs_the_short_backend_on_first_use():
+    if _runnable("onednn") or _runnable("fbgemm"):
+        pytest.skip("needs both the onednn and fbgemm backends")
+    weight_int8, weight_scale, bias = _weights(24, 32, seed=5)
+    packed = kernels.PackedInt8Weight(weight_int8, weight_scale, bias, KernelPlan("onednn", False, "fbgemm", 8))
+    assert packed.backends() == ["onednn"]
+    tall = torch.randn(8, 32, generator=torch.Generator().manual_seed(6))
+    expected_tall = kernels.onednn.linear(tall, kernels.onednn.pack(weight_int8, weight_scale, bias), False, torch.float32)
+    assert torch.equal(packed.linear(tall, torch.float32), expected_tall)
+    assert packed.backends() == ["onednn"]
+    short = tall[:3]
+    expected_short = kernels.fbgemm.linear(short, kernels.fbgemm.pack(weight_int8, weight_scale, bias), False, torch.float32)
+    assert torch.equal(packed.linear(short, torch.float32), expected_short)
+    assert packed.backends() == ["onednn", "fbgemm"]
+    assert packed.linear(torch.empty(0, 32), torch.bfloat16).shape == (0, 24)
+    for clone in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed))):
+        assert torch.equal(clone.unpack()[0], weight_int8) and clone.plan == packed.plan
+        assert torch.equal(clone.linear(tall, torch.float32), expected_tall)

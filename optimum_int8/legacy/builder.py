@@ -215,10 +215,13 @@ def build_legacy_model(checkpoint: LegacyCheckpoint, loader_class: type, *model_
     layout = plan_layout(checkpoint, skeleton)
     embeddings, replaceable = _embedding_modules(layout, skeleton)
     del skeleton
+    # The old stack ran torch.ao's fbgemm dynamic Linear with 7-bit activations, in fp32: so do we, to
+    # reproduce its outputs (also after conversion to our format, which keeps these settings).
     config.quantization_config = Int8Config(
         modules_in_fp32=[name for name, dtype in layout.fallback_modules.items() if dtype == "float32"],
         modules_in_bf16=[name for name, dtype in layout.fallback_modules.items() if dtype == "bfloat16"],
         manifest=_manifest(checkpoint, layout),
+        kernel="fbgemm", compute_dtype="float32", reduce_range=True,
     ).to_dict()
     with _expected_untied_weights():
         model, loading_info = model_class.from_pretrained(

@@ -1,5 +1,6 @@
 """Quantized and reduced-precision modules. ``kernels`` (dynamic int8, bf16, legacy torch.ao ops) and
-``integer_kernels`` (integer-only I-BERT products) are the only places that know the CPU kernels."""
+``integer_kernels`` (integer-only I-BERT products) are the only places that know the CPU kernels;
+``runtime`` puts a model's layers on a kernel plan and a compute dtype."""
 
 from .bf16_linear import BFloat16Linear
 from .int8_embedding import Int8Embedding

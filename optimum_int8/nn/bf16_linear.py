@@ -9,7 +9,7 @@ from .packed_linear import PackedLinear
 
 
 class BFloat16Linear(PackedLinear):
-    """``y = x @ weight_bf16.T + bias`` computed in bfloat16, returned in the input's dtype.
+    """``y = x @ weight_bf16.T + bias`` computed in bfloat16, returned in the model's compute dtype.
 
     State dict: ``weight_bf16`` (bfloat16, [out, in], Linear orientation also for ``Conv1D``) and
     ``bias`` (bfloat16, [out], optional). The weight is named ``weight_bf16``, not ``weight``, so a
@@ -84,7 +84,7 @@ class BFloat16Linear(PackedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_packed()
-        return kernels.bf16_linear(x, self._packed, self.bias)
+        return kernels.bf16_linear(x, self._packed, self.bias, self.compute_dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, bfloat16"

@@ -52,6 +52,8 @@ class Int8DynamicLinear(PackedLinear):
         super().__init__(in_features, out_features, bias, device)
         self.register_buffer("weight_int8", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.empty(out_features, dtype=torch.float32, device=device))
+        # Which kernel(s) run it; None: this CPU's default plan, decided when packing.
+        self.kernel_plan: kernels.KernelPlan | None = None
 
     @staticmethod
     def weight_layout(out_features: int, in_features: int) -> dict:
@@ -92,16 +94,29 @@ class Int8DynamicLinear(PackedLinear):
             raise RuntimeError("Int8DynamicLinear has no weight_int8 to pack; it is already packed.")
         if self.weight_int8.is_meta:
             raise RuntimeError("Int8DynamicLinear weights are still on the meta device; load them before packing.")
-        self._packed = kernels.pack(self.weight_int8.contiguous(), self.weight_scale, self.bias)
+        if self.kernel_plan is None:
+            self.kernel_plan = kernels.plan()
+        self._packed = kernels.PackedInt8Weight(self.weight_int8, self.weight_scale, self.bias, self.kernel_plan)
         self.weight_int8 = None
         self.weight_scale = None
 
+    def use_kernel(self, plan: "kernels.KernelPlan") -> None:
+        """Run on ``plan`` from now on (repacking the weight if it is packed for another plan)."""
+        if plan == self.kernel_plan:
+            return
+        was_packed = self.is_packed
+        if was_packed:
+            self._unpack()
+        self.kernel_plan = plan
+        if was_packed:
+            self.pack()
+
     def packed_state(self) -> dict[str, torch.Tensor]:
-        weight_int8, weight_scale = kernels.unpack(self._packed)
+        weight_int8, weight_scale = self._packed.unpack()
         return {"weight_int8": weight_int8, "weight_scale": weight_scale}
 
     def _unpack(self) -> None:
-        self.weight_int8, self.weight_scale = kernels.unpack(self._packed)
+        self.weight_int8, self.weight_scale = self._packed.unpack()
         self._packed = None
 
     @property
@@ -110,14 +125,12 @@ class Int8DynamicLinear(PackedLinear):
 
     def dequantized_weight(self) -> torch.Tensor:
         """The dequantized fp32 weight [out, in] (what the kernel multiplies by, up to activation rounding)."""
-        weight_int8, weight_scale = kernels.unpack(self._packed) if self.is_packed else (self.weight_int8, self.weight_scale)
+        weight_int8, weight_scale = self._packed.unpack() if self.is_packed else (self.weight_int8, self.weight_scale)
         return weight_int8.to(torch.float32) * weight_scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_packed()
-        if x.dtype == torch.float32:
-            return kernels.linear(x, self._packed)
-        return kernels.linear(x.to(torch.float32), self._packed).to(x.dtype)
+        return self._packed.linear(x, self.compute_dtype or x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         for name, dtype in (("weight_int8", torch.int8), ("weight_scale", torch.float32)):
@@ -128,4 +141,6 @@ class Int8DynamicLinear(PackedLinear):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8 per-channel"
+        kernel = f", {self.kernel_plan.describe()}" if self.kernel_plan is not None else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"int8 per-channel{kernel}" + (f", compute {self.compute_dtype}" if self.compute_dtype else ""))

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from . import kernels
+from .kernels import fbgemm, static_linear
 
 
 class StaticInt8Linear(nn.Module):
@@ -36,17 +36,17 @@ class StaticInt8Linear(nn.Module):
                   input_scale: float, input_zero_point: int, output_scale: float,
                   output_zero_point: int) -> "StaticInt8Linear":
         out_features, in_features = weight_int8.shape
-        packed = kernels.pack(weight_int8.contiguous(), weight_scale, bias)
+        packed = fbgemm.pack(weight_int8, weight_scale, bias)
         return cls(packed, in_features, out_features, input_scale, input_zero_point, output_scale, output_zero_point)
 
     def int8_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(weight_int8, fp32 weight_scale, fp32 bias or None)``, as the kernel holds them."""
-        weight_int8, weight_scale = kernels.unpack(self._packed)
-        return weight_int8, weight_scale, kernels.unpack_bias(self._packed)
+        weight_int8, weight_scale = fbgemm.unpack(self._packed)
+        return weight_int8, weight_scale, fbgemm.unpack_bias(self._packed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = kernels.static_linear(x.to(torch.float32), self._packed, self.input_scale, self.input_zero_point,
-                                  self.output_scale, self.output_zero_point)
+        y = static_linear(x.to(torch.float32), self._packed, self.input_scale, self.input_zero_point,
+                          self.output_scale, self.output_zero_point)
         return y.to(x.dtype)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):

@@ -9,7 +9,8 @@ class PackedLinear(nn.Module):
 
     Subclasses hold their checkpoint tensors as plain parameters or buffers until ``pack()`` moves them into
     ``self._packed`` and drops them; ``packed_state()`` recovers them exactly, so the state dict is always
-    what runs. The bias stays a plain parameter in ``bias_dtype``.
+    what runs. The bias stays a plain parameter in ``bias_dtype``. Outputs are in the input's dtype, or in
+    ``compute_dtype`` when ``nn.runtime`` set one (bf16 compute: int8 kernels then write bf16 directly).
     """
 
     bias_dtype: torch.dtype
@@ -23,6 +24,7 @@ class PackedLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self._packed = None
+        self.compute_dtype: torch.dtype | None = None
 
     @staticmethod
     def weight_layout(out_features: int, in_features: int) -> dict:

@@ -1,0 +1,114 @@
+"""Which int8 kernel runs a Linear layer: the one table of measured choices, per CPU and per row count.
+
+A ``KernelPlan`` is decided once per layer when its weight is packed, from the CPU's capabilities and
+what the user asked for (``Int8Config(kernel=...)`` or ``OPTIMUM_INT8_KERNEL``); at call time it picks
+between at most two backends by the number of activation rows (decode steps have a few, prefill has
+hundreds). The file format never depends on the plan: every backend packs from, and unpacks to, the
+same int8 codes and fp32 scales.
+"""
+
+import dataclasses
+import os
+
+from . import capabilities as cpu
+from . import fbgemm, onednn
+
+KERNEL_ENV = "OPTIMUM_INT8_KERNEL"
+AUTO = "auto"
+
+# Every int8 backend: a module with ``name``, ``unavailable_reason(capabilities)``, ``pack``, ``unpack`` and
+# ``linear(x, packed, reduce_range, out_dtype)``.
+BACKENDS = {backend.name: backend for backend in (fbgemm, onednn)}
+KERNEL_CHOICES = (AUTO, *BACKENDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class DispatchRule:
+    """On CPUs with ``requires``, run ``backend``, and ``short_backend`` for inputs of fewer rows than
+    ``short_below`` (None: one backend for every shape)."""
+
+    requires: str
+    backend: str
+    short_backend: str | None = None
+    short_below: int = 0
+
+
+# First matching rule wins. Measured with examples/gemm_kernels.py on BART-large Linear shapes, 2 threads
+# (docs/kernels.md): on AMX, oneDNN's int8 GEMM is 2-5x fbgemm's from 64 rows up, but its per-call
+# activation quantization in eager torch costs more than fbgemm's fused one below ~32 rows. On AVX-512
+# VNNI without AMX, fbgemm (8-bit activations) is within 10-25% of oneDNN at 512+ rows and faster below.
+DISPATCH_RULES = (
+    DispatchRule("amx_int8", "onednn", short_backend="fbgemm", short_below=32),
+    DispatchRule("avx512_vnni", "fbgemm"),
+    DispatchRule("avx2", "fbgemm"),
+)
+
+
+class KernelUnavailableError(RuntimeError):
+    """No int8 kernel (or not the requested one) runs on this CPU with this torch build."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelPlan:
+    backend: str
+    reduce_range: bool
+    short_backend: str | None = None
+    short_below: int = 0
+
+    def backend_for(self, rows: int) -> str:
+        return self.short_backend if self.short_backend is not None and rows < self.short_below else self.backend
+
+    def describe(self) -> str:
+        bits = "7-bit" if self.reduce_range else "8-bit"
+        if self.short_backend is None:
+            return f"{self.backend} ({bits} activations)"
+        return f"{self.backend}, {self.short_backend} below {self.short_below} rows ({bits} activations)"
+
+
+def requested_kernel(kernel: str | None = None) -> str:
+    """The kernel asked for: the environment variable overrides the config's ``auto``."""
+    requested = kernel or AUTO
+    if requested == AUTO:
+        requested = os.environ.get(KERNEL_ENV, AUTO) or AUTO
+    if requested not in KERNEL_CHOICES:
+        raise ValueError(
+            f"int8 kernel {requested!r} (Int8Config(kernel=...) or {KERNEL_ENV}) is unknown; choose one of {list(KERNEL_CHOICES)}"
+        )
+    return requested
+
+
+def _check_runs(backend: str, capabilities: cpu.CpuCapabilities) -> None:
+    reason = BACKENDS[backend].unavailable_reason(capabilities)
+    if reason is not None:
+        raise KernelUnavailableError(
+            f"the {backend!r} int8 kernel cannot run here: {reason} (CPU flags: {capabilities.flags() or 'none'}). "
+            f"Use kernel='auto' or one of the kernels this CPU runs."
+        )
+
+
+def plan(kernel: str | None = None, reduce_range: bool | None = None,
+         capabilities: cpu.CpuCapabilities | None = None) -> KernelPlan:
+    """The plan for ``kernel`` (``auto``: the first rule the CPU satisfies) on ``capabilities`` (default: this
+    CPU). ``reduce_range`` None means 7-bit activations only where the CPU needs them (no VNNI)."""
+    capabilities = capabilities or cpu.current()
+    requested = requested_kernel(kernel)
+    if reduce_range is None:
+        reduce_range = capabilities.needs_reduce_range
+    if requested != AUTO:
+        _check_runs(requested, capabilities)
+        return KernelPlan(requested, reduce_range)
+    for rule in DISPATCH_RULES:
+        if getattr(capabilities, rule.requires) and all(
+            BACKENDS[b].unavailable_reason(capabilities) is None for b in (rule.backend, rule.short_backend) if b
+        ):
+            return KernelPlan(rule.backend, reduce_range, rule.short_backend, rule.short_below)
+    reasons = "; ".join(f"{name}: {b.unavailable_reason(capabilities)}" for name, b in BACKENDS.items())
+    raise KernelUnavailableError(
+        f"no int8 kernel runs on this CPU with torch ({reasons}). optimum-int8 needs an x86 CPU with AVX2 and a "
+        "standard torch CPU build (`pip install torch==2.13.0`)."
+    )
+
+
+def check_available() -> None:
+    """Raise a KernelUnavailableError if no int8 kernel runs here."""
+    plan()

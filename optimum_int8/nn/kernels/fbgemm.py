@@ -1,0 +1,59 @@
+"""fbgemm's dynamic int8 Linear (torch's x86 quantized engine): the kernel for decode-shaped inputs.
+
+Weights are prepacked once into fbgemm's layout; each call quantizes the activation per tensor to uint8
+inside the kernel (min/max, then one pass), runs the int8 GEMM with int32 sums and returns fp32. Fastest
+measured kernel for a few rows (decoding) on every CPU we ran, and the one torch.ao ran for the old INC
+stack (legacy checkpoints reproduce it with ``reduce_range=True``).
+"""
+
+import warnings
+
+import torch
+
+name = "fbgemm"
+_ENGINES = ("x86", "fbgemm")
+
+
+def unavailable_reason(capabilities) -> str | None:
+    engines = torch.backends.quantized.supported_engines
+    if not any(engine in engines for engine in _ENGINES):
+        return f"torch {torch.__version__} has no x86/fbgemm quantized engine (supported: {engines})"
+    if not hasattr(torch.ops.quantized, "linear_dynamic"):
+        return f"torch {torch.__version__} lacks torch.ops.quantized.linear_dynamic"
+    if not capabilities.avx2:
+        return "fbgemm needs AVX2"
+    return None
+
+
+def _quantized_weight(weight_int8: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    return torch._make_per_channel_quantized_tensor(
+        weight_int8, weight_scale.double(), torch.zeros_like(weight_scale, dtype=torch.long), 0
+    )
+
+
+def pack(weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):
+    """fbgemm's packed weight (the bias travels inside it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ops.quantized.linear_prepack(_quantized_weight(weight_int8.contiguous(), weight_scale), bias)
+
+
+def unpack(packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight_int8, fp32 weight_scale), exactly as packed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qweight, _ = torch.ops.quantized.linear_unpack(packed)
+        return qweight.int_repr(), qweight.q_per_channel_scales().to(torch.float32)
+
+
+def unpack_bias(packed) -> torch.Tensor | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ops.quantized.linear_unpack(packed)[1]
+
+
+def linear(x: torch.Tensor, packed, reduce_range: bool, out_dtype: torch.dtype) -> torch.Tensor:
+    """``x @ W.T + b``: fp32 in and out of the kernel, cast from and to the caller's dtypes."""
+    x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
+    y = torch.ops.quantized.linear_dynamic(x32, packed, reduce_range)
+    return y if out_dtype == torch.float32 else y.to(out_dtype)
