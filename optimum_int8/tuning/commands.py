@@ -1,11 +1,16 @@
-"""``optimum-int8 quantize`` (tuned or not) and ``optimum-int8 evaluate``."""
+"""``optimum-int8 quantize`` (tuned or not) and ``optimum-int8 evaluate``.
+
+Both run under ``torchrun`` / ``accelerate launch`` as they are: they join the process group the
+launcher describes (gloo), shard the evaluation over the ranks, and print, write and save on rank 0 only.
+"""
 
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from ..evaluation import TASK_ALIASES, TASK_METRICS
+from ..evaluation import distributed
+from ..tasks import TASK_ALIASES, TASK_METRICS
 
 # The best model found was saved, but it misses the tolerance (a warning and the manifest say so too).
 TOLERANCE_MISSED_EXIT_CODE = 3
@@ -22,7 +27,7 @@ def _columns(pairs: list[str]) -> dict[str, str]:
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool) -> None:
-    tasks = sorted(set(TASK_METRICS) | set(TASK_ALIASES))
+    tasks = sorted(set(TASK_METRICS) | {alias for alias, task in TASK_ALIASES.items() if task in TASK_METRICS})
     parser.add_argument("model_dir", type=Path, help="model directory (fp32 for quantize; any for evaluate)")
     parser.add_argument("--task", choices=tasks, required=dataset_required,
                         help="task whose built-in evaluation to run (needed with --dataset)")
@@ -66,6 +71,8 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_arguments(parser, dataset_required=True)
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write {task, metric, value, samples, model, dataset, metrics} to FILE")
 
 
 def add_command(subparsers) -> None:
@@ -78,6 +85,11 @@ def add_command(subparsers) -> None:
 
 
 def run_quantize(args) -> int:
+    with distributed.process_group_from_environment():
+        return _quantize(args)
+
+
+def _quantize(args) -> int:
     from ..configuration import Int8Config
     from .config import TuningConfig
     from .quantizer import INCQuantizer
@@ -99,6 +111,9 @@ def run_quantize(args) -> int:
         generation_kwargs=_generation_kwargs(args),
     )
     manifest = qmodel.config.quantization_config.manifest
+    code = 0 if manifest.tuning is None or manifest.tuning.tolerance_met else TOLERANCE_MISSED_EXIT_CODE
+    if not distributed.is_main_process():
+        return code
     print(f"int8 modules: {len(manifest.int8_modules)}, kept in float: {len(manifest.fallback_modules)}")
     if manifest.tuning is not None:
         record = manifest.tuning
@@ -106,21 +121,48 @@ def run_quantize(args) -> int:
               f"({record.tolerance_mode} tolerance {record.tolerance}, met: {record.tolerance_met}); "
               f"{record.evaluations} evaluations ({record.trials} int8 trials), stopped: {record.stop_reason}")
     print(f"saved to {args.output}")
-    return 0 if manifest.tuning is None or manifest.tuning.tolerance_met else TOLERANCE_MISSED_EXIT_CODE
+    return code
 
 
 def run_evaluate(args) -> int:
+    with distributed.process_group_from_environment():
+        return _evaluate(args)
+
+
+def _evaluate(args) -> int:
     from transformers import AutoTokenizer
 
-    from ..evaluation import TaskEvaluator, normalize_task
-    from ..tasks import TASK_AUTO_CLASSES
+    from ..evaluation import TaskEvaluator
+    from ..tasks import task_spec
 
-    model = TASK_AUTO_CLASSES[normalize_task(args.task)].from_pretrained(args.model_dir).eval()
+    if args.json is not None and not args.json.parent.is_dir():
+        raise SystemExit(f"--json {args.json}: the directory {args.json.parent} does not exist.")
     evaluator = TaskEvaluator(
         args.task, str(args.dataset), AutoTokenizer.from_pretrained(args.model_dir), metric=args.metric,
         columns=_columns(args.column), batch_size=args.batch_size, max_length=args.max_length,
         max_samples=args.max_eval_samples, generation_kwargs=_generation_kwargs(args),
     )
-    json.dump(evaluator.evaluate(model), sys.stdout, indent=2)
-    print()
+    model = task_spec(evaluator.task).auto_class.from_pretrained(args.model_dir).eval()
+    metrics = evaluator.evaluate(model)
+    distributed.on_main_process(lambda: _report(args, evaluator, metrics), what="writing the evaluation results")
     return 0
+
+
+def evaluation_record(args, evaluator, metrics: dict[str, float]) -> dict:
+    """What ``evaluate --json FILE`` writes: the same from one process or many."""
+    return {
+        "task": evaluator.task,
+        "metric": evaluator.metric_name,
+        "value": metrics[evaluator.metric_name],
+        "samples": evaluator.num_samples,
+        "model": str(args.model_dir),
+        "dataset": str(args.dataset),
+        "metrics": metrics,
+    }
+
+
+def _report(args, evaluator, metrics: dict[str, float]) -> None:
+    json.dump(metrics, sys.stdout, indent=2)
+    print()
+    if args.json is not None:
+        args.json.write_text(json.dumps(evaluation_record(args, evaluator, metrics), indent=2) + "\n")

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
+from ..evaluation import distributed
 from ..nn import Int8DynamicLinear
 from .config import TuningConfig
 from .scheme import Int8DynamicFallbackConfig, nc_quantization, neural_compressor_logs
@@ -119,14 +120,18 @@ class AutotuneDriver:
         self.evaluations = 0
         self.current: tuple[str, int] | None = None
         self.deadline = None
-        self._progress = tqdm(total=self.max_trials, desc="Tuning trials", unit="trial", leave=False, disable=not show_progress)
+        self._progress = tqdm(total=self.max_trials, desc="Tuning trials", unit="trial", leave=False,
+                              disable=not (show_progress and distributed.is_main_process()))
 
     def fallbacks_for(self, dtype: str, count: int) -> dict[str, str]:
         return self.fixed_fallbacks | dict.fromkeys(self.ranking[:count], dtype)
 
     # -- what the sampler asks
     def timed_out(self) -> bool:
-        return self.deadline is not None and time.monotonic() > self.deadline and bool(self.trials)
+        """Whether the timeout has passed; under torch.distributed, rank 0's clock decides for every rank."""
+        if self.deadline is None or not self.trials:
+            return False
+        return distributed.broadcast(time.monotonic() > self.deadline, what="the tuning timeout")
 
     def next_proposal(self) -> tuple[str, int] | None:
         if len(self.trials) >= self.max_trials or self.timed_out():

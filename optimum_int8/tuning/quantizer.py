@@ -5,15 +5,16 @@ import functools
 import importlib.metadata
 import logging
 import warnings
+from pathlib import Path
 
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
-from .. import linear_modules, saving
+from .. import linear_modules
 from ..configuration import Int8Config, TuningRecord, library_versions
-from ..evaluation import TaskEvaluator, higher_is_better, normalize_task
-from ..tasks import TASK_AUTO_CLASSES
+from ..evaluation import TaskEvaluator, distributed, higher_is_better, normalize_task
 from ..quantizer import quantize_model
+from ..tasks import task_spec
 from . import sensitivity
 from .config import TuningConfig
 from .driver import AutotuneDriver, SearchOutcome
@@ -46,9 +47,25 @@ def _tuning_library_versions() -> dict[str, str]:
 def _model_class(path: str, task: str | None):
     """The task's Auto class; without a task, the architecture the checkpoint was saved from (head included)."""
     if task is not None:
-        return TASK_AUTO_CLASSES[normalize_task(task)]
+        return task_spec(normalize_task(task)).auto_class
     architectures = AutoConfig.from_pretrained(path).architectures or []
     return getattr(transformers, architectures[0], AutoModel) if architectures else AutoModel
+
+
+def _agreed(eval_fn):
+    """``eval_fn`` as every rank must see it: rank 0's value on every rank, a failure on any rank raised on all.
+
+    A user's function runs whole on every rank (it is not sharded, unless it uses ``TaskEvaluator``),
+    and ranks could compute different values; tuning decisions need one.
+    """
+    if not distributed.is_distributed():
+        return eval_fn
+
+    @functools.wraps(eval_fn)
+    def agreed(model):
+        return distributed.on_every_rank(lambda: eval_fn(model), what="eval_fn")[0]
+
+    return agreed
 
 
 class INCQuantizer:
@@ -57,6 +74,10 @@ class INCQuantizer:
     Build it with ``INCQuantizer.from_pretrained(model_or_path, task=...)`` or directly from a loaded
     model. ``quantize`` returns the int8 model (a plain transformers model) and saves it when given a
     ``save_directory``; a tuned model's manifest carries the ``TuningRecord``.
+
+    Under torch.distributed (``torchrun``, ``accelerate launch``; every rank runs the same script) the
+    built-in evaluation of each trial is sharded over the ranks and the sensitivity ranking split
+    between them; every decision is the same on every rank, and only rank 0 saves.
     """
 
     def __init__(self, model: PreTrainedModel, task: str | None = None, tokenizer=None):
@@ -117,16 +138,15 @@ class INCQuantizer:
                            generation_kwargs=generation_kwargs, show_progress=show_progress)
             qmodel = self._tune(config, tuning, eval_dataset, eval_fn, calibration_dataset, options)
         if save_directory is not None:
-            self.save(qmodel, save_directory)
+            distributed.on_main_process(lambda: self.save(qmodel, save_directory), what=f"saving to {save_directory}")
         return qmodel
 
-    def save(self, qmodel, save_directory, overwrite: bool = False) -> None:
-        """The model, the tokenizer and the model card, in one crash-safe replacement of ``save_directory``.
-
-        Refused (unless ``overwrite``) when that is the model being quantized or holds a model that is
-        not an optimum-int8 checkpoint (``optimum_int8.saving``).
-        """
-        saving.save_quantized(qmodel, save_directory, tokenizer=self.tokenizer, overwrite=overwrite)
+    def save(self, qmodel, save_directory) -> None:
+        """Tokenizer first, then the model's atomic save_pretrained, which carries the tokenizer files over."""
+        save_directory = Path(save_directory)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(save_directory)
+        qmodel.save_pretrained(save_directory)
 
     def _evaluator(self, source, **options) -> TaskEvaluator:
         if self.task is None:
@@ -135,7 +155,7 @@ class INCQuantizer:
 
     def _tune(self, config, tuning, eval_dataset, eval_fn, calibration_dataset, options):
         if eval_fn is not None:
-            evaluate = eval_fn
+            evaluate = _agreed(eval_fn)
             metric_name = tuning.metric if isinstance(tuning.metric, str) else getattr(eval_fn, "__name__", "eval_fn")
             direction = tuning.higher_is_better if tuning.higher_is_better is not None else higher_is_better(metric_name)
         elif eval_dataset is not None:
@@ -161,7 +181,7 @@ class INCQuantizer:
         self.last_outcome = outcome
         record = self._record(outcome, tuning, metric_name, direction)
         outcome.model.config.quantization_config.manifest.tuning = record
-        if not record.tolerance_met:
+        if not record.tolerance_met and distributed.is_main_process():
             warnings.warn(
                 f"tuning did not meet the tolerance ({tuning.tolerance_mode} loss <= {tuning.tolerable_loss}) "
                 f"[{record.stop_reason}]; returning the best model found: {metric_name} {record.int8_value:.6g} vs fp32 "
