@@ -5,12 +5,11 @@ import functools
 import importlib.metadata
 import logging
 import warnings
-from pathlib import Path
 
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
-from .. import linear_modules
+from .. import linear_modules, saving
 from ..configuration import Int8Config, TuningRecord, library_versions
 from ..evaluation import TaskEvaluator, distributed, higher_is_better, normalize_task
 from ..quantizer import quantize_model
@@ -141,12 +140,13 @@ class INCQuantizer:
             distributed.on_main_process(lambda: self.save(qmodel, save_directory), what=f"saving to {save_directory}")
         return qmodel
 
-    def save(self, qmodel, save_directory) -> None:
-        """Tokenizer first, then the model's atomic save_pretrained, which carries the tokenizer files over."""
-        save_directory = Path(save_directory)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(save_directory)
-        qmodel.save_pretrained(save_directory)
+    def save(self, qmodel, save_directory, overwrite: bool = False) -> None:
+        """The model, the tokenizer and the model card, in one crash-safe replacement of ``save_directory``.
+
+        Refused (unless ``overwrite``) when that is the model being quantized or holds a model that is
+        not an optimum-int8 checkpoint (``optimum_int8.saving``).
+        """
+        saving.save_quantized(qmodel, save_directory, tokenizer=self.tokenizer, overwrite=overwrite)
 
     def _evaluator(self, source, **options) -> TaskEvaluator:
         if self.task is None:
