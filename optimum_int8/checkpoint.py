@@ -81,3 +81,101 @@ def validate_module_tensors(headers, layouts: dict, listed: dict, manifest_sourc
                 f"{path}: tensor {key!r} is {precision}, but the manifest in {manifest_source} does not list "
                 f"{module_name!r} as {precision}."
             )
+
+
+# Tensors an older transformers saved that today's models dropped; transformers skips them on load too.
+_IGNORED_EXTRA = re.compile(r"(^|\.)(position_ids|rotary_emb\.inv_freq)$")
+# The manifest's created_with key of a model rebuilt from a legacy INC checkpoint (and of its conversion).
+LEGACY_ORIGIN = "legacy-checkpoint"
+# weight_scale = max|W| / 127, clamped to >= 1e-12 when written; 1e6 would mean weights of magnitude 1e8.
+SCALE_RANGE = (1e-12, 1e6)
+
+
+def _to_model_name(name: str, model_names, prefix: str | None) -> str:
+    """``name`` in the model's names across the base-model prefix (a task checkpoint in its base model, or back)."""
+    if name in model_names or not prefix:
+        return name
+    if name.startswith(prefix) and name[len(prefix):] in model_names:
+        return name[len(prefix):]
+    return prefix + name if prefix + name in model_names else name
+
+
+def validate_float_tensors(headers, model_shapes: dict, module_types: dict, converted, prefix: str | None,
+                           manifest_source: str) -> None:
+    """Check the checkpoint's other tensors against the model built from config.json.
+
+    ``model_shapes``: the float model's ``{tensor name: shape}``; ``module_types``: ``{module name: class
+    name}``; ``converted``: ``{checkpoint name: tensor suffixes}`` of the int8/bf16 modules, whose own
+    tensors ``validate_module_tensors`` checks.
+    A tensor of a module the model has must be one of that module's tensors, with its shape; tensors of
+    modules the model lacks, or of the top-level model (a task head, loading the base model), are left to
+    transformers' load report.
+    """
+    for key, (path, dtype, shape) in headers.items():
+        module_name, _, attribute = key.rpartition(".")
+        if module_name in converted and attribute not in converted[module_name]:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has no place in the model: {module_name!r} is listed in {manifest_source} "
+                f"with tensors {sorted(converted[module_name])}, not {attribute!r}. It belongs to another scheme."
+            )
+        if module_name in converted or _IGNORED_EXTRA.search(key):
+            continue
+        name = _to_model_name(key, model_shapes, prefix)
+        if name in model_shapes:
+            if list(model_shapes[name]) != list(shape):
+                raise CheckpointError(
+                    f"{path}: tensor {key!r} is {dtype} {shape}, but the model config.json describes needs "
+                    f"{list(model_shapes[name])}: the weights and config.json do not belong together."
+                )
+            continue
+        module = _to_model_name(module_name, module_types, prefix)
+        if module and module in module_types:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has no place in the model: {module!r} ({module_types[module]}) has no "
+                f"{attribute!r}. It belongs to another scheme or architecture than {manifest_source} and config.json describe."
+            )
+
+
+def validate_values(module_name: str, tensors: dict, files: dict, legacy_codes: bool = False) -> None:
+    """Values the format allows in one converted module's tensors ``{suffix: tensor}``: int8 codes in
+    [-127, 127] (``legacy_codes``: [-128, 127], as the old INC stack quantized), finite float tensors,
+    scales in ``SCALE_RANGE``. ``files`` maps tensor names to files."""
+    for suffix, tensor in tensors.items():
+        key = f"{module_name}.{suffix}"
+        where = f"{files[key]}: " if key in files else ""
+        if tensor.dtype == torch.int8:
+            bad = tensor == -128
+            if not legacy_codes and bad.any():
+                first = [int(i) for i in bad.nonzero()[0]]
+                raise CheckpointError(
+                    f"{where}tensor {key!r} holds int8 code -128 ({int(bad.sum())} times, first at {first}); the "
+                    "format's symmetric codes are [-127, 127]. The file is corrupt or was not written by optimum-int8."
+                )
+            continue
+        if not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if not finite.all():
+            first = [int(i) for i in (~finite).nonzero()[0]]
+            raise CheckpointError(
+                f"{where}tensor {key!r} holds {int((~finite).sum())} NaN or infinite value(s), first at {first}; "
+                "the file is corrupt."
+            )
+        if suffix.endswith("scale") and tensor.numel():
+            low, high = float(tensor.min()), float(tensor.max())
+            too_small = low < SCALE_RANGE[0] * (1 - 1e-6)  # the bound as float32 rounds it
+            if too_small or high > SCALE_RANGE[1]:
+                value = low if too_small else high
+                raise CheckpointError(
+                    f"{where}tensor {key!r} holds scale {value:g}, outside [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}] "
+                    "(zero, negative or absurd); the file is corrupt."
+                )
+
+
+def tensor_files(headers, module_types: dict, prefix: str | None) -> dict[str, str]:
+    """``{tensor name in the model's names: file}``, for messages about values read later."""
+    files = {}
+    for key, (path, _, _) in headers.items():
+        module_name, _, attribute = key.rpartition(".")
+        files[f"{_to_model_name(module_name, module_types, prefix)}.{attribute}"] = path
+    return files

@@ -8,6 +8,7 @@ checkpoints (pre-quantized) or quantizes fp32 weights while they load (``quantiz
 import copy
 import dataclasses
 import os
+import re
 import types
 
 import torch
@@ -26,7 +27,15 @@ from transformers.utils import logging
 
 from . import linear_modules
 from ._memory import FilePageReleaser, trim_heap
-from .checkpoint import CheckpointError, read_tensor_headers, validate_module_tensors
+from .checkpoint import (
+    LEGACY_ORIGIN,
+    CheckpointError,
+    read_tensor_headers,
+    tensor_files,
+    validate_float_tensors,
+    validate_module_tensors,
+    validate_values,
+)
 from .configuration import QUANT_METHOD, SCHEME_IBERT, FallbackManifest, Int8Config
 from .hub import push_to_hub
 from .nn import BFloat16Linear, Int8DynamicLinear, kernels, runtime
@@ -65,6 +74,7 @@ class QuantizeWeightOnLoad(ConversionOps):
         float_module = model.get_submodule(module_name)
         weight = tensor.t() if isinstance(float_module, Conv1D) else tensor
         target_class = self.hf_quantizer.target_classes[module_name]
+        _check_finite(module_name, weight, float_module.bias)
         model.set_submodule(module_name, target_class.from_weight(weight, float_module.bias))
         self.hf_quantizer.file_page_releaser().release(tensor)
         trim_heap()
@@ -93,6 +103,7 @@ class Int8HfQuantizer(HfQuantizer):
         self.target_classes: dict[str, type] = {}
         self._fallback_modules: dict[str, str] = {}
         self._checkpoint_files: list[str] = []
+        self._tensor_files: dict[str, str] = {}
         self._releaser: FilePageReleaser | None = None
 
     def validate_environment(self, device_map=None, **kwargs):
@@ -166,7 +177,14 @@ class Int8HfQuantizer(HfQuantizer):
                 cls.marker_tensor: (cls.precision, {name for name, c in checkpoint_classes.items() if c is cls})
                 for cls in CONVERTED_CLASSES
             }
-            validate_module_tensors(read_tensor_headers(checkpoint_files), layouts, listed, MANIFEST_SOURCE)
+            headers = read_tensor_headers(checkpoint_files)
+            validate_module_tensors(headers, layouts, listed, MANIFEST_SOURCE)
+            module_types = {name: type(module).__name__ for name, module in model.named_modules()}
+            prefix = f"{model.base_model_prefix}." if model.base_model_prefix else None
+            shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+            converted = {name: set(layout) for name, (_, layout) in layouts.items()}
+            validate_float_tensors(headers, shapes, module_types, converted, prefix, MANIFEST_SOURCE)
+            self._tensor_files = tensor_files(headers, module_types, prefix)
         with torch.device("meta"):
             for name, cls in targets.values():
                 out_features, in_features = _out_in(linears[name])
@@ -194,6 +212,13 @@ class Int8HfQuantizer(HfQuantizer):
     def get_quantize_ops(self):
         return QuantizeWeightOnLoad(self)
 
+    def postprocess_model(self, model, **kwargs):
+        # Before any scheme's hook derives tensors of its own: what transformers initialised at random is still
+        # unmarked. (A state_dict passed in memory, as the legacy builder does, is its caller's to check.)
+        if self.pre_quantized and self._checkpoint_files:
+            _check_nothing_missing(model, self._checkpoint_files)
+        return super().postprocess_model(model, **kwargs)
+
     def _process_model_after_weight_loading(self, model, **kwargs):
         config = self.quantization_config
         if self.pre_quantized:
@@ -215,6 +240,8 @@ class Int8HfQuantizer(HfQuantizer):
 
     def _check_and_pack_loaded_modules(self, model):
         releaser = self.file_page_releaser()
+        manifest = self.quantization_config.manifest
+        legacy_codes = manifest is not None and LEGACY_ORIGIN in manifest.created_with
         for name in tqdm(self.target_classes, desc="Packing int8 and bf16 weights", unit="module", leave=False):
             module = model.get_submodule(name)
             layout = module.state_dict_layout(module.out_features, module.in_features, module.bias is not None)
@@ -225,6 +252,7 @@ class Int8HfQuantizer(HfQuantizer):
                         f"tensor {name}.{tensor_name} was not loaded from the checkpoint files; "
                         f"the weights do not match {MANIFEST_SOURCE}."
                     )
+            validate_values(name, dict(zip(layout, loaded)), self._tensor_files, legacy_codes=legacy_codes)
             if isinstance(module, CONVERTED_CLASSES):
                 module.pack()
                 for tensor in loaded:
@@ -237,6 +265,7 @@ class Int8HfQuantizer(HfQuantizer):
         for name, target_class in tqdm(self.target_classes.items(), desc="Quantizing Linear modules to int8", unit="module", leave=False):
             module = model.get_submodule(name)
             if name in linears:
+                _check_finite(name, module.weight, module.bias)
                 model.set_submodule(name, target_class.from_float(module))
                 continue
             if module.bias is not None and module.bias.is_meta:
@@ -252,6 +281,37 @@ class Int8HfQuantizer(HfQuantizer):
     @property
     def is_trainable(self):
         return False
+
+
+def _check_finite(module_name: str, weight, bias) -> None:
+    """A NaN or infinite weight would quantize to garbage codes (or a NaN scale) silently: name the module."""
+    for what, tensor in (("weight", weight), ("bias", bias)):
+        if tensor is not None and not tensor.is_meta and not torch.isfinite(tensor).all():
+            count = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"{module_name}.{what} holds {count} NaN or infinite value(s); quantizing it would give a wrong "
+                f"model. Fix or retrain the fp32 model, or keep {module_name!r} out of quantization (modules_in_fp32)."
+            )
+
+
+def _check_nothing_missing(model, checkpoint_files) -> None:
+    """Every persistent float tensor came from the files: transformers would initialise a missing one at random."""
+    ignored = [re.compile(pattern) for pattern in model._keys_to_ignore_on_load_missing or ()]
+    missing = []
+    for module_name, module in model.named_modules():
+        tensors = [*module._parameters.items(), *((name, buffer) for name, buffer in module._buffers.items()
+                                                  if name not in module._non_persistent_buffers_set)]
+        for name, tensor in tensors:
+            key = f"{module_name}.{name}" if module_name else name
+            if tensor is not None and not getattr(tensor, "_is_hf_initialized", False) and not any(p.search(key) for p in ignored):
+                missing.append(key)
+    if missing:
+        files = ", ".join(os.path.basename(path) for path in checkpoint_files) or "the checkpoint files"
+        shown = ", ".join(repr(key) for key in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(
+            f"{files} lack tensor(s) {shown} of the model config.json describes; loading would fill them with random "
+            "values. The checkpoint is incomplete, or its config.json belongs to another model."
+        )
 
 
 def _checkpoint_to_model_names(model, linears, checkpoint_names) -> dict[str, str]:

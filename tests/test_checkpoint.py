@@ -144,3 +144,82 @@ def test_pickled_weights_are_refused(int8_dir):
     (int8_dir / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"pytorch_model.bin: optimum-int8 checkpoints are safetensors only"):
         INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+@pytest.mark.parametrize("key", [
+    "model.encoder.layers.0.self_attn_layer_norm.weight",  # a norm
+    "model.decoder.layers.1.final_layer_norm.bias",
+    "model.shared.weight",  # the embedding every tied copy comes from
+    "model.encoder.embed_positions.weight",
+])
+def test_a_missing_float_tensor_is_an_error_not_random_values(int8_dir, key):
+    _edit_tensors(int8_dir, lambda t: t.pop(key))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors lack tensor\(s\) .*'{key}'.*random values"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_a_missing_bias_of_an_fp32_fallback_is_an_error(tmp_path, bart_fp32_dir):
+    config = Int8Config(modules_in_fp32=["model.decoder.layers.0.fc2"])
+    quantize_model(AutoModelForSeq2SeqLM.from_pretrained(bart_fp32_dir), config).save_pretrained(tmp_path / "int8")
+    _edit_tensors(tmp_path / "int8", lambda t: t.pop("model.decoder.layers.0.fc2.bias"))
+    with pytest.raises(CheckpointError, match=r"'model.decoder.layers.0.fc2.bias'"):
+        INCModelForSeq2SeqLM.from_pretrained(tmp_path / "int8")
+
+
+def test_a_float_tensor_of_another_shape_is_named(int8_dir):
+    key = "model.encoder.layers.1.final_layer_norm.weight"
+    _edit_tensors(int8_dir, lambda t: t.update({key: torch.ones(48)}))
+    with pytest.raises(CheckpointError, match=rf"tensor '{key}' is \w+ \[48\], but the model config.json describes needs \[32\]"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_a_config_that_does_not_describe_the_weights_is_named(int8_dir):
+    config = json.loads((int8_dir / "config.json").read_text())
+    config["max_position_embeddings"] = 32
+    (int8_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"'model\.(en|de)coder\.embed_positions\.weight' is \w+ \[66, 32\].*needs \[34, 32\]"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_tensors_of_another_scheme_are_named(int8_dir):
+    key = "model.encoder.layers.0.fc1.activation_scale"
+    _edit_tensors(int8_dir, lambda t: t.update({key: torch.ones(1)}))
+    with pytest.raises(CheckpointError, match=rf"tensor '{key}' has no place in the model: 'model.encoder.layers.0.fc1' is "
+                                              r"listed .* with tensors \['bias', 'weight_int8', 'weight_scale'\], not 'activation_scale'"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("model.encoder.layers.0.fc1.weight_scale", float("nan"), r"1 NaN or infinite value\(s\), first at \[3\]"),
+    ("model.encoder.layers.0.fc1.weight_scale", 0.0, "scale 0, outside"),
+    ("model.encoder.layers.0.fc1.weight_scale", -0.01, "scale -0.01, outside"),
+    ("model.encoder.layers.0.fc1.weight_scale", 1e9, "scale 1e\\+09, outside"),
+    ("model.encoder.layers.0.fc1.bias", float("inf"), r"1 NaN or infinite"),
+    ("model.decoder.layers.1.fc2.weight_int8", -128, r"int8 code -128 \(1 times, first at \[3, 5\]\); the format's symmetric codes are \[-127, 127\]"),
+], ids=["nan-scale", "zero-scale", "negative-scale", "absurd-scale", "inf-bias", "code-128"])
+def test_values_the_format_forbids_are_named_by_tensor(int8_dir, key, value, message):
+    def edit(tensors):
+        tensor = tensors[key].clone()
+        tensor[(3, 5) if tensor.dim() == 2 else 3] = value
+        tensors[key] = tensor
+
+    _edit_tensors(int8_dir, edit)
+    with pytest.raises(CheckpointError, match=rf"model.safetensors: tensor '{key}' holds " + message):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_a_nan_bf16_fallback_weight_is_named(tmp_path, bart_fp32_dir):
+    config = Int8Config(modules_in_bf16=["model.decoder.layers.0.fc2"])
+    quantize_model(AutoModelForSeq2SeqLM.from_pretrained(bart_fp32_dir), config).save_pretrained(tmp_path / "int8")
+    key = "model.decoder.layers.0.fc2.weight_bf16"
+    _edit_tensors(tmp_path / "int8", lambda t: t.update({key: torch.full_like(t[key], float("nan"))}))
+    with pytest.raises(CheckpointError, match=rf"tensor '{key}' holds 2048 NaN"):
+        INCModelForSeq2SeqLM.from_pretrained(tmp_path / "int8")
+
+
+def test_a_float_tensor_in_a_module_that_has_none_is_named(int8_dir):
+    key = "model.encoder.layers.0.self_attn_layer_norm.running_mean"
+    _edit_tensors(int8_dir, lambda t: t.update({key: torch.zeros(32)}))
+    with pytest.raises(CheckpointError, match=rf"'{key}' has no place in the model: 'model.encoder.layers.0.self_attn_layer_norm' "
+                                              r"\(LayerNorm\) has no 'running_mean'"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)

@@ -1,4 +1,5 @@
 import copy
+import re
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from transformers import AutoModel, AutoModelForSeq2SeqLM, BartForConditionalGen
 from transformers.pytorch_utils import Conv1D
 
 from conftest import TINY_ARCHS, run
-from optimum_int8 import BFloat16Linear, Int8Config, Int8DynamicLinear, Int8HfQuantizer, quantize_model
+from optimum_int8 import BFloat16Linear, INCModelForSeq2SeqLM, Int8Config, Int8DynamicLinear, Int8HfQuantizer, quantize_model
 from optimum_int8.linear_modules import find_float_linears
 from optimum_int8.nn.runtime import COMPUTE_DTYPES
 
@@ -188,3 +189,20 @@ def test_generate_with_a_real_tokenizer(tmp_path):
     assert torch.equal(generated, qmodel.generate(**inputs, max_new_tokens=8, do_sample=False))
     assert generated.shape[1] > 1
     assert isinstance(tokenizer.decode(generated[0], skip_special_tokens=True), str)
+
+
+@pytest.mark.parametrize("while_loading", [False, True], ids=["in-memory", "while-loading"])
+def test_nan_weights_at_quantization_time_name_the_module(tmp_path, bart, while_loading, caplog, capsys):
+    model = bart.build()
+    with torch.no_grad():
+        model.model.encoder.layers[1].fc2.weight[0, 0] = float("nan")
+    message = r"model.encoder.layers.1.fc2.weight holds 1 NaN or infinite value\(s\)"
+    if not while_loading:
+        with pytest.raises(ValueError, match=message):
+            quantize_model(model)
+        return
+    model.save_pretrained(tmp_path / "fp32")
+    # transformers gathers conversion errors into one RuntimeError; its load report carries ours.
+    with pytest.raises(RuntimeError, match="automatic conversion of the weights"):
+        INCModelForSeq2SeqLM.from_pretrained(tmp_path / "fp32", quantization_config=Int8Config())
+    assert re.search(message, caplog.text + capsys.readouterr().err)
