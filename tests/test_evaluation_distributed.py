@@ -142,7 +142,9 @@ def evaluate_everything():
     out["bad_label"] = _failure(lambda: evaluator(model))
     model, evaluator = classification(rows=5, batch_size=2, metric=failing_metric)
     out["failing_metric"] = _failure(lambda: evaluator(model))
-    # The group is still usable after both failures: a normal evaluation agrees again.
+    model, evaluator = classification(rows=6 + distributed.rank(), batch_size=2)
+    out["different_datasets"] = _failure(lambda: evaluator(model))
+    # The group is still usable after the failures: a normal evaluation agrees again.
     model, evaluator = build("text-classification")
     out["after_failures"] = evaluator(model)
     return out
@@ -212,6 +214,13 @@ def test_a_metric_that_fails_on_rank_0_raises_on_every_rank(two_ranks):
         assert failure["type"] == "DistributedError"
         assert "computing text-classification metrics failed on rank 0 of 2" in failure["message"]
         assert "this metric refuses 5 predictions" in failure["message"]
+
+
+def test_ranks_that_read_different_datasets_are_told_so(two_ranks):
+    for rank in two_ranks:
+        failure = rank["different_datasets"]
+        assert failure["type"] == "DistributedError"
+        assert "the ranks read different datasets ([6, 7] rows on ranks 0-1)" in failure["message"]
 
 
 def test_a_rank_that_dies_does_not_hang_the_others():

@@ -135,9 +135,16 @@ class TaskEvaluator:
         finally:
             progress.close()
         if distributed.is_distributed():
-            shards = distributed.gather((predictions, references), error, what=f"evaluating {self.task} on {self.num_samples} rows")
-            predictions = [item for shard_predictions, _ in shards for item in shard_predictions]
-            references = [item for _, shard_references in shards for item in shard_references]
+            what = f"evaluating {self.task} on {self.num_samples} rows"
+            shards = distributed.gather((self.num_samples, predictions, references), error, what=what)
+            sizes = [size for size, _, _ in shards]
+            if len(set(sizes)) > 1:
+                raise distributed.DistributedError(
+                    f"{what}: the ranks read different datasets ({sizes} rows on ranks 0-{len(sizes) - 1}); every rank "
+                    "must evaluate the same rows (the same file, split and max_samples)."
+                )
+            predictions = [item for _, shard_predictions, _ in shards for item in shard_predictions]
+            references = [item for _, _, shard_references in shards for item in shard_references]
         result, self.metric_name, self.metric_key = distributed.on_main_process(
             lambda: self._reduce(model, predictions, references), what=f"computing {self.task} metrics"
         )
