@@ -248,5 +248,5 @@ register_variant(Variant(
     "ort-int8", "ONNX Runtime int8",
     "ONNX Runtime dynamic int8: torch.onnx.export, quantize_dynamic (per-channel int8 weights of every weight MatMul)",
     build_ort_int8, load_ort_int8,
-    requires=("onnxruntime", "onnx", "onnxscript"),
+    requires=("onnxruntime", "onnx", "onnxscript"), extra="onnx",
 ))

@@ -15,7 +15,8 @@ def _ratio(value: float | None) -> str:
 
 
 def table_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows: per workload the median seconds and the speedups vs fp32 and bf16, then load and size."""
+    """Headers and rows: per workload the median seconds and the speedups vs fp32 and bf16 ("skipped" where the
+    variant cannot run the workload), then load and size."""
     headers = ["variant"]
     for title in result.workloads.values():
         headers += [f"{title} (s)", "vs fp32", "vs bf16"]
@@ -25,6 +26,9 @@ def table_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
     for variant in result.variants:
         row = [variant.label]
         for workload in result.workloads:
+            if workload in variant.skipped:
+                row += ["skipped", "–", "–"]
+                continue
             median = variant.median(workload)
             row += [f"{median:.3f}" if median is not None else "–",
                     _ratio(result.speedup(variant, workload, "fp32")), _ratio(result.speedup(variant, workload, "bf16"))]
@@ -103,7 +107,8 @@ def write_plot(result: BenchmarkResult, path: Path) -> bool:
     for axis, (workload, title) in zip(axes, result.workloads.items()):
         speedups = [result.speedup(variant, workload, "fp32") or 0.0 for variant in result.variants]
         bars = axis.barh(names, speedups, color="tab:blue")
-        axis.bar_label(bars, labels=[f"{s:.2f}x" for s in speedups], padding=2, fontsize=8)
+        labels = ["skipped" if workload in v.skipped else f"{s:.2f}x" for v, s in zip(result.variants, speedups)]
+        axis.bar_label(bars, labels=labels, padding=2, fontsize=8)
         axis.axvline(1.0, color="grey", linewidth=0.8)
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("speedup vs fp32 (median)")

@@ -14,6 +14,7 @@ class VariantResult:
     load_peak_bytes: int | None = None  # peak resident memory above the fresh process's baseline
     seconds: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # workload -> timed repeats
     profile: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # workload -> seconds by category
+    skipped: list[str] = dataclasses.field(default_factory=list)  # workloads this variant's model cannot run
 
     def median(self, workload: str) -> float | None:
         times = self.seconds.get(workload)

@@ -89,24 +89,33 @@ def _source_checkpoint(settings: BenchmarkSettings) -> tuple[Path, Path, str]:
 
 
 def _select_variants(settings: BenchmarkSettings) -> list[Variant]:
+    """The chosen variants, less those whose optional extra is not installed (a one-line note each)."""
     extra = fallback_variants(settings.fallbacks, settings.fallbacks_source) if settings.fallbacks else []
     known = {**VARIANTS, **{variant.name: variant for variant in extra}}
     if settings.variants is None:
         chosen = [VARIANTS[name] for name in DEFAULT_VARIANTS if name in VARIANTS]
         chosen = chosen[:3] + extra + chosen[3:]
-        for variant in [v for v in chosen if v.missing_requirements()]:
-            logger.warning(f"skipping variant {variant.name}: {variant.missing_requirements()} not installed "
-                           "(pip install 'optimum-int8[onnx]')")
-        return [v for v in chosen if not v.missing_requirements()]
-    unknown = [name for name in settings.variants if name not in known]
-    if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; known: {sorted(known)}")
-    chosen = [known[name] for name in settings.variants]
-    for variant in chosen:
-        if variant.missing_requirements():
-            raise ImportError(f"variant {variant.name} needs {variant.missing_requirements()}: "
-                              "pip install 'optimum-int8[onnx]'")
-    return chosen
+    else:
+        unknown = [name for name in settings.variants if name not in known]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; known: {sorted(known)}")
+        chosen = [known[name] for name in settings.variants]
+    for variant in [v for v in chosen if v.missing_requirements()]:
+        logger.warning(variant.missing_note())
+    installed = [v for v in chosen if not v.missing_requirements()]
+    if not installed:
+        raise ImportError(f"none of the chosen variants {[v.name for v in chosen]} is installed")
+    return installed
+
+
+def _drop_variants_without_workloads(variants: list[Variant], workloads) -> list[Variant]:
+    """Variants that run none of ``workloads`` are left out."""
+    kept = [v for v in variants if any(v.runs(name) for name in workloads)]
+    for variant in [v for v in variants if v not in kept]:
+        logger.warning(f"skipping variant {variant.name}: it runs {list(variant.workloads)} only, none of {list(workloads)}")
+    if not kept:
+        raise ValueError(f"none of the chosen variants runs any of the workloads {list(workloads)}")
+    return kept
 
 
 def _select_workloads(settings: BenchmarkSettings, config, preset_sizes: dict) -> dict[str, dict]:
@@ -181,13 +190,16 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkResult:
     config = AutoConfig.from_pretrained(fp32_dir)
     preset = PRESETS.get(settings.model)
     workload_sizes = _select_workloads(settings, config, preset.sizes if preset else {})
+    variants = _drop_variants_without_workloads(variants, workload_sizes)
     state_before = machine_state()
 
     checkpoints = {}
     for variant in tqdm(variants, desc="Building checkpoints", unit="variant"):
         checkpoints[variant.name] = variant.checkpoint(fp32_dir, base)
     results = [
-        VariantResult(v.name, v.label, v.description, checkpoint_bytes(checkpoints[v.name])) for v in variants
+        VariantResult(v.name, v.label, v.description, checkpoint_bytes(checkpoints[v.name]),
+                      skipped=[name for name in workload_sizes if not v.runs(name)])
+        for v in variants
     ]
     if settings.measure_load:
         for variant, result in zip(tqdm(variants, desc="Measuring load memory", unit="variant"), results):
@@ -202,11 +214,11 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkResult:
     generator = torch.Generator().manual_seed(settings.seed)
     inputs = {name: WORKLOADS[name].make_inputs(config, sizes, generator) for name, sizes in workload_sizes.items()}
 
-    total = (settings.warmup + settings.repeats) * len(workload_sizes) * len(variants)
+    total = (settings.warmup + settings.repeats) * sum(name not in r.skipped for name in workload_sizes for r in results)
     with torch.inference_mode(), tqdm(total=total, desc="Timing", unit="run") as progress:
         for repeat in range(settings.warmup + settings.repeats):
             for name, sizes in workload_sizes.items():
-                for result in results:
+                for result in [r for r in results if name not in r.skipped]:
                     seconds = _time_once(WORKLOADS[name], models[result.name], inputs[name], sizes)
                     if repeat >= settings.warmup:
                         result.seconds.setdefault(name, []).append(seconds)
@@ -216,7 +228,7 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkResult:
     if settings.profile:
         with torch.inference_mode():
             for name, sizes in tqdm(workload_sizes.items(), desc="Profiling", unit="workload"):
-                for result in results:
+                for result in [r for r in results if name not in r.skipped]:
                     result.profile[name] = profile_run(WORKLOADS[name], models[result.name], inputs[name], sizes)
 
     machine = machine_info() | {"before": state_before, "after": machine_state()}

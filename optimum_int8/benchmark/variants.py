@@ -28,10 +28,20 @@ class Variant:
     # (fp32 checkpoint directory, output directory): writes this variant's checkpoint.
     build: Callable[[Path, Path], None] | None
     load: Callable[[Path], object]
-    requires: tuple[str, ...] = ()  # importable modules it needs (optional extras)
+    requires: tuple[str, ...] = ()  # importable modules it needs, from an optional extra
+    extra: str = ""  # the optimum-int8 extra that installs ``requires``
+    workloads: tuple[str, ...] | None = None  # the workloads its model can run; None: every one
 
     def missing_requirements(self) -> list[str]:
         return [module for module in self.requires if importlib.util.find_spec(module) is None]
+
+    def missing_note(self) -> str:
+        """One line: what is missing and how to install it."""
+        return (f"skipping variant {self.name}: {', '.join(self.missing_requirements())} not installed "
+                f"(pip install 'optimum-int8[{self.extra}]')")
+
+    def runs(self, workload: str) -> bool:
+        return self.workloads is None or workload in self.workloads
 
     def checkpoint(self, fp32_dir: Path, workdir: Path) -> Path:
         """This variant's checkpoint, built once into ``workdir`` (the fp32 variant uses ``fp32_dir``)."""
