@@ -1,4 +1,4 @@
-"""Benchmarks of our int8 models against fp32, bf16 and ONNX Runtime's dynamic int8, ratios from one run.
+"""Benchmarks of our int8 models against fp32, bf16, ONNX Runtime's dynamic int8 and OpenVINO, ratios from one run.
 
     from optimum_int8.benchmark import BenchmarkSettings, run_benchmark
     result = run_benchmark(BenchmarkSettings(model="bart-large-cnn", fallbacks=[...]))
@@ -8,7 +8,7 @@ Variants (``VARIANTS``), workloads (``WORKLOADS``) and model presets (``PRESETS`
 measured table and the command that produced it.
 """
 
-from . import onnx_runtime  # noqa: F401  (registers the ort-int8 variant)
+from . import onnx_runtime, openvino_runtime  # noqa: F401  (register the ort-int8 and openvino-* variants)
 from .load_memory import LoadMeasurement, measure_in_fresh_process
 from .presets import PRESETS, ModelPreset, register_preset
 from .profiling import profile_run

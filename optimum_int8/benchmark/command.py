@@ -24,7 +24,7 @@ def _sizes(entries: list[str]) -> dict:
 
 def add_command(subparsers) -> None:
     parser = subparsers.add_parser(
-        "benchmark", help="time fp32, bf16, our int8 and ONNX Runtime int8 on one model, ratios from one run",
+        "benchmark", help="time fp32, bf16, our int8, ONNX Runtime and OpenVINO on one model, ratios from one run",
         description="Build each variant's checkpoint from an fp32 model (or a preset with random weights), measure "
                     "load time and load memory in fresh processes, then time greedy/beam generation and the "
                     "encoder forward with interleaved repeats. Prints a table, writes JSON and a PNG plot.",
@@ -41,7 +41,7 @@ def add_command(subparsers) -> None:
                              "in fp32 and one with them in bf16")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per variant and workload (default: 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default: 1)")
-    parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: torch's default)")
+    parser.add_argument("--threads", type=int, help="torch, ONNX Runtime and OpenVINO threads (default: torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a preset's weights and of the inputs")
     parser.add_argument("--size", action="append", default=[], metavar="WORKLOAD.SIZE=N",
                         help="override a workload size, e.g. greedy.new_tokens=64 (repeatable)")

@@ -42,7 +42,9 @@ def _decoder_layers(model) -> nn.ModuleList:
     return layers
 
 
-class _Encoder(nn.Module):
+class EncoderForExport(nn.Module):
+    """(input_ids, attention_mask) -> the encoder's last hidden state: the encoder as a graph exporters trace."""
+
     def __init__(self, model):
         super().__init__()
         self.encoder = model.get_encoder()
@@ -105,7 +107,7 @@ def export_onnx(model, directory: Path) -> None:
     batch_dim, source_dim, past_dim = torch.export.Dim("batch"), torch.export.Dim("source"), torch.export.Dim("past")
     kv = {0: batch_dim, 2: source_dim}
     exports = {
-        "encoder": (_Encoder(model), (ids, mask), ["input_ids", "attention_mask"], ["encoder_hidden_states"],
+        "encoder": (EncoderForExport(model), (ids, mask), ["input_ids", "attention_mask"], ["encoder_hidden_states"],
                     ({0: batch_dim, 1: source_dim}, {0: batch_dim, 1: source_dim})),
         "cross_kv": (_CrossKeyValues(model), (hidden,), ["encoder_hidden_states"], _kv_names("cross", layers),
                      ({0: batch_dim, 1: source_dim},)),

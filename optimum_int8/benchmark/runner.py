@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from .workloads import WORKLOADS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VARIANTS = ("fp32", "bf16", "int8", "ort-int8")
+DEFAULT_VARIANTS = ("fp32", "bf16", "int8", "ort-int8", "openvino-int8", "openvino-bf16")
 
 
 @dataclasses.dataclass
@@ -34,15 +35,15 @@ class BenchmarkSettings:
 
     model: str = "bart-large-cnn"
     workdir: Path = Path("benchmark-workdir")
-    # Variant names (VARIANTS); None: fp32, bf16, int8, ORT int8 when onnxruntime is installed, and the
-    # two fallback variants when ``fallbacks`` is given.
+    # Variant names (VARIANTS); None: fp32, bf16, int8, ORT int8 and OpenVINO int8/bf16 where their extras
+    # are installed, and the two fallback variants when ``fallbacks`` is given.
     variants: list[str] | None = None
     workloads: list[str] | None = None  # None: every registered workload that applies to the model
     fallbacks: list[str] = dataclasses.field(default_factory=list)  # Linear module names kept in float
     fallbacks_source: str = "a given list"
     repeats: int = 5
     warmup: int = 1
-    threads: int | None = None  # torch (and ONNX Runtime) threads; None: torch's default
+    threads: int | None = None  # torch (and ONNX Runtime, OpenVINO) threads; None: torch's default
     seed: int = 0
     measure_load: bool = True
     sizes: dict = dataclasses.field(default_factory=dict)  # {"greedy": {"new_tokens": 64}, ...}
@@ -109,7 +110,7 @@ def _select_variants(settings: BenchmarkSettings) -> list[Variant]:
 
 
 def _drop_variants_without_workloads(variants: list[Variant], workloads) -> list[Variant]:
-    """Variants that run none of ``workloads`` are left out."""
+    """Variants that run none of ``workloads`` (e.g. OpenVINO's encoder-only ones on ``greedy``) are left out."""
     kept = [v for v in variants if any(v.runs(name) for name in workloads)]
     for variant in [v for v in variants if v not in kept]:
         logger.warning(f"skipping variant {variant.name}: it runs {list(variant.workloads)} only, none of {list(workloads)}")
@@ -163,6 +164,11 @@ def machine_info() -> dict:
         versions["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
+    for distribution in ("openvino", "nncf"):  # read from the installed metadata: importing nncf takes seconds
+        try:
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return {
         "cpu": model_name,
         "cpu_count": os.cpu_count(),

@@ -17,7 +17,7 @@ import transformers
 from ..configuration import Int8Config
 from ..saving import staged_directory
 
-WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.onnx", "*.onnx.data")
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.onnx", "*.onnx.data", "*.xml")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,7 @@ def register_variant(variant: Variant) -> Variant:
 
 
 def checkpoint_bytes(directory: Path) -> int:
-    """Bytes of weight files (safetensors, pickles, ONNX graphs and their external data)."""
+    """Bytes of weight files (safetensors, pickles, ONNX graphs and their external data, OpenVINO .xml/.bin)."""
     files = {path for pattern in WEIGHT_FILE_PATTERNS for path in Path(directory).rglob(pattern)}
     return sum(path.stat().st_size for path in files)
 
