@@ -8,7 +8,7 @@ torch encoder traced on example inputs, dynamic batch and length) into ``encoder
   NNCF's default alpha for MatMul, 0.95), preset ``MIXED`` (symmetric int8 weights, asymmetric int8
   activations), fast bias correction, overflow fix disabled. Calibrated on ``CALIBRATION_SEQUENCES`` random
   token sequences drawn like the benchmark's inputs (another seed). The inference precision is OpenVINO's
-  default for the CPU, as optimum-intel leaves it (bf16 for what is not int8 on CPUs with AMX, fp32 elsewhere).
+  default for the CPU, as optimum-intel leaves it (bf16 for what is not int8 on an AMX CPU).
 - ``openvino-bf16``: the fp32 graph (stored in fp32) compiled with ``INFERENCE_PRECISION_HINT=bf16``.
 
 Both compile with as many threads as torch uses (``INFERENCE_NUM_THREADS``) and the latency hint. They run the
@@ -105,7 +105,7 @@ class OpenVINOEncoder:
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = precision
         self.compiled = openvino.Core().compile_model(str(Path(directory) / GRAPH), "CPU", config)
-        # What the plugin settled on, e.g. bf16 by default on AMX, f32 where bf16 is asked but not supported.
+        # What the plugin settled on ("bf16", "f32"): its default depends on the CPU.
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def get_encoder(self):
