@@ -24,15 +24,56 @@ class ConfigError(ValueError):
     """A quantization_config (or one of its parts) is malformed."""
 
 
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a hostile config must not make a megabyte error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({type(value).__name__}, {len(text)} characters)"
+
+
 def _check_keys(where: str, data: dict, allowed: set[str], required: set[str] = frozenset()) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - allowed)
+    unknown = sorted(set(data) - allowed, key=str)
     if unknown:
-        raise ConfigError(f"{where} has unknown key(s) {unknown}; allowed keys are {sorted(allowed)}")
+        shown = ", ".join(_short(key, 40) for key in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ConfigError(f"{where} has unknown key(s) [{shown}]; allowed keys are {sorted(allowed)}")
     missing = sorted(required - set(data))
     if missing:
         raise ConfigError(f"{where} is missing required key(s) {missing}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_string_map(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+# The JSON type of each manifest and tuning-record field: (test, what the message says it must be).
+_FIELD_KINDS = {
+    "string": (lambda v: isinstance(v, str), "a string"),
+    "number": (_is_number, "a number"),
+    "count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "string map": (_is_string_map, "an object of strings"),
+    "rows": (lambda v: isinstance(v, list) and all(
+        isinstance(row, dict) and all(isinstance(k, str) and (v is None or isinstance(v, (str, int, float))) for k, v in row.items())
+        for row in v), "a list of objects of strings, numbers and booleans"),
+    "scale map": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(p, dict) for k, p in v.items()),
+                  "an object of objects"),
+}
+
+
+def _check_fields(where: str, values: dict, kinds: dict[str, str], optional=frozenset()) -> None:
+    """Each field of ``values`` named in ``kinds`` has its JSON type (null allowed for ``optional`` ones)."""
+    for name, kind in kinds.items():
+        if name not in values or (values[name] is None and name in optional):
+            continue
+        test, text = _FIELD_KINDS[kind]
+        if not test(values[name]):
+            raise ConfigError(f"{where}.{name} must be {text}{' or null' if name in optional else ''}, got {_short(values[name])}")
 
 
 def library_versions() -> dict[str, str]:
@@ -70,14 +111,24 @@ class TuningRecord:
     # "search complete", "tolerance unreachable", "max_trials" or "timeout".
     stop_reason: str | None = None
 
-    def __post_init__(self):
+    _KINDS = {"metric": "string", "fp32_value": "number", "int8_value": "number", "tolerance": "number",
+              "tolerance_mode": "string", "higher_is_better": "bool", "trials": "count", "library_versions": "string map",
+              "relative_loss": "number", "tolerance_met": "bool", "evaluations": "count", "trial_results": "rows",
+              "fallback_dtype": "string", "sensitivity_measure": "string", "stop_reason": "string"}
+    _OPTIONAL = {"relative_loss", "tolerance_met", "fallback_dtype", "sensitivity_measure", "stop_reason"}
+
+    def __post_init__(self, where: str = "tuning"):
+        _check_fields(where, self.__dict__, self._KINDS, self._OPTIONAL)
         if self.tolerance_mode not in TOLERANCE_MODES:
-            raise ConfigError(f"tuning.tolerance_mode must be one of {TOLERANCE_MODES}, got {self.tolerance_mode!r}")
+            raise ConfigError(f"{where}.tolerance_mode must be one of {TOLERANCE_MODES}, got {_short(self.tolerance_mode)}")
+        if not 0 <= self.tolerance < float("inf"):
+            raise ConfigError(f"{where}.tolerance must be a finite number >= 0, got {_short(self.tolerance)}")
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "tuning") -> "TuningRecord":
         fields = {f.name for f in dataclasses.fields(cls)}
         _check_keys(where, data, fields, {"metric", "fp32_value", "int8_value", "tolerance"})
+        _check_fields(where, data, cls._KINDS, cls._OPTIONAL)
         return cls(**data)
 
     def to_dict(self) -> dict:
@@ -99,12 +150,17 @@ class FallbackManifest:
     kernel: str | None = None
     compute_dtype: str | None = None
 
-    def __post_init__(self):
+    _KINDS = {"int8_modules": "names", "fallback_modules": "string map", "created_with": "string map",
+              "activation_scales": "scale map", "kernel": "string", "compute_dtype": "string"}
+    _OPTIONAL = {"kernel", "compute_dtype"}
+
+    def __post_init__(self, where: str = "manifest"):
+        _check_fields(where, self.__dict__, self._KINDS, self._OPTIONAL)
+        if self.tuning is not None and not isinstance(self.tuning, TuningRecord):
+            raise ConfigError(f"{where}.tuning must be a tuning record object or null, got {_short(self.tuning)}")
         for name, points in self.activation_scales.items():
-            if not isinstance(points, dict) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf") for v in points.values()
-            ):
-                raise ConfigError(f"manifest.activation_scales[{name!r}] must map points to positive finite scales, got {points!r}")
+            if not all(_is_number(v) and 0 < v < float("inf") for v in points.values()):
+                raise ConfigError(f"{where}.activation_scales[{_short(name)}] must map points to positive finite scales, got {_short(points)}")
         overlap = sorted(set(self.int8_modules) & set(self.fallback_modules))
         if overlap:
             raise ConfigError(f"manifest lists module(s) {overlap} both in int8_modules and fallback_modules")
@@ -117,6 +173,7 @@ class FallbackManifest:
     @classmethod
     def from_dict(cls, data: dict, where: str = "manifest") -> "FallbackManifest":
         _check_keys(where, data, {f.name for f in dataclasses.fields(cls)}, {"int8_modules"})
+        _check_fields(where, data, cls._KINDS, cls._OPTIONAL)
         data = dict(data)
         if data.get("tuning") is not None:
             data["tuning"] = TuningRecord.from_dict(data["tuning"], f"{where}.tuning")

@@ -51,6 +51,8 @@ def check_local_checkpoint(pretrained_model_name_or_path, subfolder: str = "") -
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{config_file} is not valid JSON: {error}") from error
+    except RecursionError:
+        raise ValueError(f"{config_file} nests JSON deeper than its parser allows; transformers never writes such a config.") from None
     quant_method = (config.get("quantization_config") or {}).get("quant_method")
     if quant_method is not None and quant_method not in AUTO_QUANTIZER_MAPPING:
         raise ValueError(

@@ -223,3 +223,14 @@ def test_a_float_tensor_in_a_module_that_has_none_is_named(int8_dir):
     with pytest.raises(CheckpointError, match=rf"'{key}' has no place in the model: 'model.encoder.layers.0.self_attn_layer_norm' "
                                               r"\(LayerNorm\) has no 'running_mean'"):
         INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+@pytest.mark.parametrize("depth", [200, 200_000], ids=["parsable", "past-the-parser"])
+def test_deeply_nested_manifest_is_a_short_error_naming_the_file(int8_dir, depth):
+    text = (int8_dir / "config.json").read_text()
+    nested = "[" * depth + "]" * depth
+    (int8_dir / "config.json").write_text(text.replace('"tuning": null', f'"tuning": {{"metric": "m", "fp32_value": 1, '
+                                                                          f'"int8_value": 1, "tolerance": 0, "trial_results": {nested}}}'))
+    with pytest.raises(ValueError, match=r"config.json nests JSON deeper|trial_results must be a list of objects") as error:
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+    assert len(str(error.value)) < 400

@@ -1,11 +1,13 @@
 """Legacy INC int8 checkpoints: the real old-stack fixtures (../shared/fixtures/legacy_inc), eager checkpoints
 written here with torch.ao, conversion to our format, and the refusals."""
 
+import functools
 import json
 import os
 import re
 import shutil
 import sys
+import time
 import types
 import warnings
 from pathlib import Path
@@ -443,3 +445,62 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         convert_legacy_checkpoint(LEGACY_FIXTURES / "bert_seqcls_dynamic", tmp_path / "out", task="text-classification")
     assert list(tmp_path.iterdir()) == []
+
+
+def _laughs(levels: int):
+    """A structure of 2**levels leaves in ``levels`` shared lists: tiny as a pickle, huge when expanded."""
+    node = ["lol"]
+    for _ in range(levels):
+        node = [node, node]
+    return node
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda sd, best: best.update(laughs=_laughs(25)), r"best_configure holds more than 1000000 entries"),
+        (lambda sd, best: best["op"].update({("bert.pooler.dense", "Linear"): {"weight": _laughs(25)}}),
+         r"best_configure holds more than 1000000 entries"),
+        (lambda sd, best: best.update(deep=functools.reduce(lambda inner, _: [inner], range(5000), [])), "nests deeper than 32 levels"),
+        (lambda sd, best: best.update(op=dict(best["op"], **{"pooler": {}})), r"\['op'\] keys must be \(name, type\) pairs of strings, got 'pooler'"),
+        (lambda sd, best: best["op"].update({("bert.pooler.dense", "Linear"): ["int8"]}), r"\['op'\]\[\('bert.pooler.dense', 'Linear'\)\] must be a dict, got a list"),
+        (lambda sd, best: best["op"][("bert.pooler.dense", "Linear")].update(weight=["int8"]), r"\['weight'\] must be a dict, got a list"),
+        (lambda sd, best: best["op"][("bert.pooler.dense", "Linear")]["weight"].update(dtype={"int8": 1}), r"\['dtype'\] must be a string or a list of strings, got a dict"),
+        (lambda sd, best: best.update(approach=["post_training_dynamic_quant"]), r"\['approach'\] must be a string, got a list"),
+        (lambda sd, best: best.update(fx_sub_module_list="bert"), r"\['fx_sub_module_list'\] must be a list of module names"),
+        (lambda sd, best: best.update(bf16_ops_list=[3]), r"\['bf16_ops_list'\] must be a list of \(name, type\) pairs, got a list"),
+        (lambda sd, best: sd.update({"bert.pooler.dense.module.scale": _laughs(30)}), r"state dict entry 'bert.pooler.dense.module.scale' is a list, not a tensor"),
+    ],
+    ids=["billion-laughs", "billion-laughs-in-op", "deep", "op-key", "op-list", "weight-list", "dtype-dict", "approach-list",
+         "modules-string", "bf16-entries", "state-dict-laughs"],
+)
+def test_hostile_best_configure_is_refused_in_bounded_time_naming_the_file(tmp_path, edit, message):
+    folder = copy_fixture("bert_seqcls_dynamic", tmp_path / "edited")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))  # torch.save pickles recursively
+    try:
+        rewrite_checkpoint(folder, edit)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert (folder / "pytorch_model.bin").stat().st_size < 1_000_000
+    start = time.monotonic()
+    with pytest.raises(LegacyCheckpointError, match=r"pytorch_model.bin: .*" + message) as error:
+        INCModelForSequenceClassification.from_pretrained(folder)
+    assert time.monotonic() - start < 20 and len(str(error.value)) < 400
+
+
+@pytest.mark.parametrize("kind", ["laughs", "deep"])
+def test_hostile_best_configure_yaml_is_refused_in_bounded_time(tmp_path, kind):
+    qmodel, _ = _write_eager_checkpoint(tmp_path / "eager")
+    rewrite_checkpoint(tmp_path / "eager", lambda state_dict, best: state_dict.pop("best_configure"))
+    if kind == "laughs":
+        lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+        lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
+        document, message = "\n".join(lines + ["op: {}", "approach: post_training_dynamic_quant"]), "holds more than 1000000 entries"
+    else:
+        document, message = "op: " + "[" * 50_000 + "]" * 50_000, "nests deeper than a yaml parser allows"
+    (tmp_path / "eager" / "best_configure.yaml").write_text(document)
+    start = time.monotonic()
+    with pytest.raises(LegacyCheckpointError, match=r"best_configure.yaml.*" + message):
+        INCModelForSeq2SeqLM.from_pretrained(tmp_path / "eager")
+    assert time.monotonic() - start < 20

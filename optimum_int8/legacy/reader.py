@@ -30,8 +30,25 @@ _OLD_STACK_CONFIG_KEYS = {"torch_dtype": ("int8",), "dtype": ("int8",), "backend
                           "framework": ("pytorch", "pytorch_fx", "pytorch_ipex")}
 
 
+# Bounds on best_configure: real ones nest 4 levels deep and hold about 15 entries per op. A pickle or a
+# yaml file can share one container many times over ("billion laughs"): every visit counts.
+MAX_DEPTH = 32
+MAX_ENTRIES = 1_000_000
+
+
 class LegacyCheckpointError(ValueError):
     """A legacy INC checkpoint is malformed, unsafe to read, or uses a layout optimum-int8 cannot rebuild."""
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, without building the whole repr of a huge structure."""
+    if isinstance(value, (str, int, float, bool, type(None))):
+        text = repr(value)
+    elif isinstance(value, tuple) and len(value) <= 4 and all(isinstance(item, (str, int, float, bool)) for item in value):
+        text = repr(value)
+    else:
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclasses.dataclass
@@ -60,6 +77,8 @@ def _read_json(path: str) -> dict:
             return json.load(handle)
     except json.JSONDecodeError as error:
         raise LegacyCheckpointError(f"{path} is not valid JSON: {error}") from error
+    except RecursionError:
+        raise LegacyCheckpointError(f"{path} nests JSON deeper than its parser allows; it is not a model config.") from None
 
 
 def is_legacy_config(config: dict) -> bool:
@@ -127,15 +146,82 @@ def load_weights_safely(path: str) -> dict:
     return state_dict
 
 
-def _plain(value):
-    """Nested INC configs (OrderedDicts) as plain dicts; tuples stay tuples."""
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_plain(item) for item in value)
-    return value
+def _plain(value, source: str):
+    """Nested INC configs (OrderedDicts) as plain dicts; tuples stay tuples. At most ``MAX_DEPTH`` levels and
+    ``MAX_ENTRIES`` visits, so a hostile structure fails in bounded time and memory."""
+    budget = [MAX_ENTRIES]
+
+    def plain(item, depth: int):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise LegacyCheckpointError(
+                f"{source}: best_configure holds more than {MAX_ENTRIES} entries (shared ones counted each time they "
+                "are reached); neural-compressor never wrote such a configuration."
+            )
+        if depth > MAX_DEPTH:
+            raise LegacyCheckpointError(f"{source}: best_configure nests deeper than {MAX_DEPTH} levels; it is not a "
+                                        "neural-compressor configuration.")
+        if isinstance(item, Mapping):
+            return {key: plain(entry, depth + 1) for key, entry in item.items()}
+        if isinstance(item, list):
+            return [plain(entry, depth + 1) for entry in item]
+        if isinstance(item, tuple):
+            return tuple(plain(entry, depth + 1) for entry in item)
+        return item
+
+    return plain(value, 0)
+
+
+def _expect(ok: bool, source: str, where: str, must: str, value) -> None:
+    if not ok:
+        raise LegacyCheckpointError(f"{source}: best_configure{where} must be {must}, got {_short(value)}.")
+
+
+def _check_best_configure(config: dict, source: str) -> None:
+    """The fields optimum-int8 reads, with the types neural-compressor wrote them in."""
+    for key in ("framework", "approach"):
+        _expect(config.get(key) is None or isinstance(config[key], str), source, f"[{key!r}]", "a string", config.get(key))
+    for key in ("recipe_cfgs", "get_attr"):
+        _expect(config.get(key) is None or isinstance(config[key], dict), source, f"[{key!r}]", "a dict", config.get(key))
+    recipes = config.get("recipe_cfgs") or {}
+    _expect(recipes.get("smooth_quant_args") is None or isinstance(recipes["smooth_quant_args"], dict), source,
+            "['recipe_cfgs']['smooth_quant_args']", "a dict", recipes.get("smooth_quant_args"))
+    modules = config.get("fx_sub_module_list")
+    _expect(modules is None or (isinstance(modules, list) and all(isinstance(name, str) for name in modules)), source,
+            "['fx_sub_module_list']", "a list of module names", modules)
+    bf16 = config.get("bf16_ops_list")
+    _expect(bf16 is None or (isinstance(bf16, list) and all(
+        isinstance(entry, (list, tuple)) and entry and isinstance(entry[0], str) for entry in bf16)), source,
+        "['bf16_ops_list']", "a list of (name, type) pairs", bf16)
+    for attr, value in (config.get("get_attr") or {}).items():
+        _expect(isinstance(attr, str) and isinstance(value, (int, float)) and not isinstance(value, bool), source,
+                f"['get_attr'][{_short(attr)}]", "a number", value)
+    for key, op in config["op"].items():
+        _expect(isinstance(key, tuple) and len(key) == 2 and all(isinstance(part, str) for part in key), source,
+                "['op'] keys", "(name, type) pairs of strings", key)
+        _expect(isinstance(op, dict), source, f"['op'][{_short(key)}]", "a dict", op)
+        for part in ("weight", "activation"):
+            settings = op.get(part)
+            _expect(settings is None or isinstance(settings, dict), source, f"['op'][{_short(key)}][{part!r}]", "a dict", settings)
+            for field in ("dtype", "quant_mode"):
+                value = (settings or {}).get(field)
+                _expect(value is None or isinstance(value, str) or (isinstance(value, (list, tuple)) and all(
+                    isinstance(item, str) for item in value)), source, f"['op'][{_short(key)}][{part!r}][{field!r}]",
+                    "a string or a list of strings", value)
+
+
+def _check_state_dict(state_dict: Mapping, path: str) -> None:
+    """Tensors, dtypes, numbers and packed (weight, bias) pairs: what torch.ao's modules put in a state dict."""
+    for key, value in state_dict.items():
+        if key == BEST_CONFIGURE_KEY:
+            continue
+        packed = isinstance(value, tuple) and len(value) <= 4 and all(
+            item is None or isinstance(item, (torch.Tensor, int, float)) for item in value)
+        if not (isinstance(key, str) and (isinstance(value, (torch.Tensor, torch.dtype, int, float)) or packed)):
+            raise LegacyCheckpointError(
+                f"{path}: state dict entry {_short(key)} is {_short(value)}, not a tensor; this is not a state dict "
+                "neural-compressor wrote."
+            )
 
 
 class _TupleSafeLoader(yaml.SafeLoader):
@@ -147,7 +233,7 @@ _TupleSafeLoader.add_constructor(
 )
 
 
-def _read_best_configure_yaml(source, hub_kwargs: dict, weights_file: str) -> dict:
+def _read_best_configure_yaml(source, hub_kwargs: dict, weights_file: str) -> tuple[dict, str]:
     path = resolve_file(source, BEST_CONFIGURE_FILE, hub_kwargs)
     if path is None:
         raise LegacyCheckpointError(
@@ -156,9 +242,11 @@ def _read_best_configure_yaml(source, hub_kwargs: dict, weights_file: str) -> di
         )
     with open(path, encoding="utf-8") as handle:
         try:
-            return yaml.load(handle, Loader=_TupleSafeLoader)
+            return yaml.load(handle, Loader=_TupleSafeLoader), path
         except yaml.YAMLError as error:
-            raise LegacyCheckpointError(f"{path} is not a readable best_configure.yaml: {error}") from error
+            raise LegacyCheckpointError(f"{path} is not a readable best_configure.yaml: {str(error)[:300]}") from error
+        except RecursionError:
+            raise LegacyCheckpointError(f"{path} nests deeper than a yaml parser allows; it is not a best_configure.yaml.") from None
 
 
 def _module_versions(state_dict) -> dict[str, int] | None:
@@ -179,21 +267,24 @@ def read_legacy_checkpoint(source, weights_file: str, kwargs: Mapping) -> Legacy
     inc_config_file = resolve_file(source, INC_CONFIG_FILE, hub_kwargs)
     inc_config = _read_json(inc_config_file) if inc_config_file else {}
     state_dict = load_weights_safely(weights_file)
+    _check_state_dict(state_dict, weights_file)
     module_versions = _module_versions(state_dict)
     state_dict = dict(state_dict)
     if BEST_CONFIGURE_KEY in state_dict:
-        best_configure = state_dict.pop(BEST_CONFIGURE_KEY)
+        best_configure, best_configure_file = state_dict.pop(BEST_CONFIGURE_KEY), weights_file
     else:
-        best_configure = _read_best_configure_yaml(source, hub_kwargs, weights_file)
+        best_configure, best_configure_file = _read_best_configure_yaml(source, hub_kwargs, weights_file)
     if not isinstance(best_configure, Mapping) or not isinstance(best_configure.get("op"), Mapping):
         raise LegacyCheckpointError(
-            f"{weights_file}: best_configure must be a dict with an 'op' dict, got {type(best_configure).__name__}."
+            f"{best_configure_file}: best_configure must be a dict with an 'op' dict, got {type(best_configure).__name__}."
         )
+    best_configure = _plain(best_configure, best_configure_file)
+    _check_best_configure(best_configure, best_configure_file)
     return LegacyCheckpoint(
         source=str(source),
         weights_file=weights_file,
         config=clean_config(config),
-        best_configure=_plain(best_configure),
+        best_configure=best_configure,
         state_dict=state_dict,
         module_versions=module_versions,
         inc_config=inc_config,
