@@ -107,7 +107,9 @@ class Int8HfQuantizer(HfQuantizer):
         self._releaser: FilePageReleaser | None = None
 
     def validate_environment(self, device_map=None, **kwargs):
-        kernels.plan(self.quantization_config.kernel, self.quantization_config.reduce_range)
+        # A checkpoint's forced kernel may be missing on this CPU (runtime.loadable_kernel); a request may not.
+        kernel = "auto" if self.pre_quantized else self.quantization_config.kernel
+        kernels.plan(kernel, self.quantization_config.reduce_range)
         _check_cpu_device_map(device_map)
 
     def update_dtype(self, dtype):
@@ -226,7 +228,8 @@ class Int8HfQuantizer(HfQuantizer):
         else:
             self._convert_remaining(model)
         if config.scheme != SCHEME_IBERT:  # the integer-only scheme fixes its own arithmetic and manifest
-            settings = runtime.configure(model, config.kernel, config.reduce_range, config.compute_dtype)
+            kernel = runtime.loadable_kernel(config.kernel) if self.pre_quantized else config.kernel
+            settings = runtime.configure(model, kernel, config.reduce_range, config.compute_dtype)
             if not self.pre_quantized:
                 config.manifest = FallbackManifest(
                     int8_modules=[name for name, cls in self.target_classes.items() if cls is Int8DynamicLinear],

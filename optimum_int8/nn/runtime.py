@@ -13,10 +13,13 @@ import dataclasses
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+from transformers.utils import logging
 
 from . import kernels
 from .bf16_linear import BFloat16Linear
 from .int8_linear import Int8DynamicLinear
+
+logger = logging.get_logger(__name__)
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 COMPUTE_DTYPE_CHOICES = ("auto", *COMPUTE_DTYPES)
@@ -46,6 +49,18 @@ def resolve_compute_dtype(requested: str | None, capabilities: kernels.CpuCapabi
         return requested
     capabilities = capabilities or kernels.capabilities.current()
     return "bfloat16" if capabilities.amx_bf16 else "float32"
+
+
+def loadable_kernel(kernel: str | None) -> str:
+    """The kernel a loaded checkpoint runs on: the one it names, or ``auto`` (with a warning) where this CPU
+    cannot run that one, so that a checkpoint saved on one CPU runs on any other."""
+    try:
+        kernels.plan(kernel)
+    except kernels.KernelUnavailableError as error:
+        logger.warning(f"this checkpoint asks for int8 kernel {kernel!r}, which cannot run here ({error}); "
+                       "running it on this CPU's default kernel instead.")
+        return "auto"
+    return kernel or "auto"
 
 
 def _cast_input_to_weight_dtype(module: nn.Module, args):
