@@ -269,3 +269,64 @@ def test_seq2seq_summarization_tuning_on_rouge_with_generation_overrides(tmp_pat
     assert record.metric == "rougeLsum" and record.higher_is_better and record.tolerance_met
     assert record.trial_results[0]["fallbacks"] == 0 and record.trials == 1
     assert (tmp_path / "bart-int8" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(("returned", "shown"), [
+    ("0.9", r"returned '0.9' \(str\)"),
+    (True, r"returned True \(bool\)"),
+    (torch.ones(3), r"returned a tensor of 3 elements \(tensor\(\[1., 1., 1.\]\)\)"),
+    ({"accuracy": 0.9}, r"returned \{'accuracy': 0.9\} \(dict\)"),
+    (float("nan"), r"the fp32 model's metric is nan"),
+], ids=["string", "bool", "tensor", "dict", "nan"])
+def test_an_eval_fn_returning_no_number_is_refused_at_the_first_trial(returned, shown):
+    calls = []
+
+    def eval_fn(model):
+        calls.append(model)
+        return returned
+
+    with pytest.raises(ValueError, match=shown):
+        tune(sensitive_bert(), eval_fn, tolerable_loss=0.01)
+    assert len(calls) == 1
+
+
+def test_a_one_element_tensor_is_a_number():
+    model = sensitive_bert()
+    fidelity = Fidelity(model, calibration_inputs())
+    qmodel = tune(model, lambda m: torch.tensor([fidelity(m)]), tolerable_loss=0.01, max_trials=2)
+    assert qmodel.config.quantization_config.manifest.tuning.trials == 2
+
+
+def test_an_eval_fn_raising_mid_way_keeps_the_best_so_far_and_names_the_trial(tmp_path):
+    model = sensitive_bert()
+    fidelity, calls = Fidelity(model, calibration_inputs()), []
+
+    def eval_fn(candidate):
+        calls.append(candidate)
+        if len(calls) == 4:  # fp32 baseline, trials 1 and 2, then trial 3 fails
+            raise RuntimeError("evaluation server went away")
+        return fidelity(candidate)
+
+    quantizer = INCQuantizer(model)
+    with pytest.warns(driver_module.EvalFnFailedWarning, match=r"int8 trial 3 failed \(RuntimeError\('evaluation server went away'\)\)"):
+        qmodel = quantizer.quantize(tuning=TuningConfig(tolerable_loss=0.01, fallback_dtype="float32"), eval_fn=eval_fn,
+                                    calibration_dataset=[calibration_inputs()], show_progress=False,
+                                    save_directory=tmp_path / "int8")
+    record = INCModelForSequenceClassification.from_pretrained(tmp_path / "int8").config.quantization_config.manifest.tuning
+    assert record.trials == 2 and [t["index"] for t in record.trial_results] == [1, 2]
+    assert record.stop_reason == "evaluation failed at trial 3: RuntimeError: evaluation server went away"
+    assert record.int8_value in [t["value"] for t in record.trial_results]  # the kept model is one of the trials run
+    assert qmodel.config.quantization_config.manifest.tuning.stop_reason == record.stop_reason
+
+
+def test_an_eval_fn_raising_at_the_first_int8_trial_has_nothing_to_keep():
+    model = sensitive_bert()
+    fidelity = Fidelity(model, calibration_inputs())
+
+    def eval_fn(candidate):
+        if any(isinstance(m, Int8DynamicLinear) for m in candidate.modules()):
+            raise KeyError("label")
+        return fidelity(candidate)
+
+    with pytest.raises(ValueError, match=r"int8 trial 1 \(the first\) failed: KeyError\('label'\); no int8 trial completed"):
+        tune(model, eval_fn, tolerable_loss=0.01)

@@ -20,7 +20,9 @@ order its ``sampler`` yields them, and stops at the first config whose result is
 import copy
 import dataclasses
 import math
+import numbers
 import time
+import warnings
 from collections.abc import Callable
 
 from tqdm.auto import tqdm
@@ -32,6 +34,30 @@ from .scheme import Int8DynamicFallbackConfig, nc_quantization, neural_compresso
 from .search import FallbackCountSearch, evaluation_budget
 
 DTYPE_COST = {"bfloat16": 0, "float32": 1}  # bytes read per fallback weight, relatively: bf16 is cheaper
+
+
+class EvalFnFailedWarning(UserWarning):
+    """The evaluation raised during an int8 trial: tuning stopped and keeps the best of the trials already run."""
+
+
+class _TrialFailed(Exception):
+    """Raised through autotune to stop it when an int8 trial's evaluation failed (the driver keeps the cause)."""
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def metric_value(value, what: str) -> float:
+    """``value`` as the one number an evaluation returns; a ValueError showing what came back otherwise."""
+    if hasattr(value, "numel") and hasattr(value, "item"):  # a tensor or an array
+        if value.numel() != 1:
+            raise ValueError(f"{what} returned a tensor of {value.numel()} elements ({_short(value)}); it must return one number.")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} returned {_short(value)} ({type(value).__name__}); it must return one number, the metric.")
+    return float(value)
 
 
 @dataclasses.dataclass
@@ -120,6 +146,7 @@ class AutotuneDriver:
         self.evaluations = 0
         self.current: tuple[str, int] | None = None
         self.deadline = None
+        self.failure: tuple[int, Exception] | None = None  # (trial number, what its evaluation raised)
         self._progress = tqdm(total=self.max_trials, desc="Tuning trials", unit="trial", leave=False,
                               disable=not (show_progress and distributed.is_main_process()))
 
@@ -149,7 +176,7 @@ class AutotuneDriver:
     def _score(self, model) -> float:
         if _is_fp32_model(model):
             if self.fp32_value is None:
-                self.fp32_value = float(self.evaluate(model))
+                self.fp32_value = metric_value(self.evaluate(model), "the evaluation of the fp32 model (the first trial)")
                 self.evaluations += 1
                 if not math.isfinite(self.fp32_value):
                     raise ValueError(f"the fp32 model's metric is {self.fp32_value}; tuning needs a finite baseline.")
@@ -157,7 +184,12 @@ class AutotuneDriver:
             return 1.0
         dtype, count = self.current
         start = time.monotonic()
-        value = float(self.evaluate(model))
+        number = len(self.trials) + 1
+        try:
+            value = metric_value(self.evaluate(model), f"the evaluation of int8 trial {number}")
+        except Exception as error:
+            self.failure = (number, error)
+            raise _TrialFailed from error
         self.evaluations += 1
         loss = self.tuning.loss(self.fp32_value, value, self.higher_is_better) if math.isfinite(value) else math.inf
         passed = loss <= self.tuning.tolerable_loss
@@ -182,11 +214,23 @@ class AutotuneDriver:
                     model = nc_quantization.autotune(self.model, nc_config, eval_fn=self._score)
                 if model is not None:
                     returned = model
+        except _TrialFailed:
+            number, error = self.failure
+            if not self.trials:
+                raise ValueError(f"the evaluation of int8 trial {number} (the first) failed: {_short(error, 300)}; "
+                                 "no int8 trial completed, so there is no model to keep.") from error
+            warnings.warn(
+                f"the evaluation of int8 trial {number} failed ({_short(error, 300)}); tuning stopped and keeps the best "
+                f"of the {len(self.trials)} trial(s) already run.", EvalFnFailedWarning, stacklevel=2,
+            )
         finally:
             self._progress.close()
         return self._outcome(returned)
 
     def _stop_reason(self) -> str:
+        if self.failure is not None:
+            number, error = self.failure
+            return f"evaluation failed at trial {number}: {type(error).__name__}: {str(error)[:200]}"
         if self.search.next_count() is None:
             return "search complete" if self.search.result is not None else "tolerance unreachable"
         if len(self.trials) >= self.max_trials:
