@@ -82,7 +82,17 @@ def print_table(result: BenchmarkResult) -> None:
     Console().print(table)
 
 
+def machine_line(result: BenchmarkResult) -> str:
+    """The CPU and its capabilities, and the int8 kernels each of our variants ran on."""
+    machine = result.machine
+    lines = [f"CPU: {machine.get('cpu')}, flags: {', '.join(machine.get('isa') or []) or 'none'}, "
+             f"{machine.get('torch_threads')} torch threads"]
+    lines += [f"  {variant.label}: {variant.kernel}" for variant in result.variants if variant.kernel]
+    return "\n".join(lines)
+
+
 def print_report(result: BenchmarkResult) -> None:
+    print(machine_line(result))
     print_table(result)
     profiles = profile_tables(result)
     if profiles:

@@ -15,6 +15,7 @@ class VariantResult:
     seconds: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # workload -> timed repeats
     profile: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # workload -> seconds by category
     skipped: list[str] = dataclasses.field(default_factory=list)  # workloads this variant's model cannot run
+    kernel: str = ""  # for optimum-int8 variants, the kernel plan and compute dtype its int8 layers ran with
 
     def median(self, workload: str) -> float | None:
         times = self.seconds.get(workload)

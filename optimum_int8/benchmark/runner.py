@@ -17,6 +17,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
+from ..nn import kernels, runtime
 from .load_memory import measure_in_fresh_process
 from .presets import PRESETS
 from .profiling import profile_run
@@ -149,12 +150,11 @@ def machine_state() -> dict:
 
 
 def machine_info() -> dict:
-    model_name, flags = platform.processor(), []
+    model_name = platform.processor()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             lines = cpuinfo.read().splitlines()
         model_name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), model_name)
-        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
     except OSError:
         pass
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
@@ -172,7 +172,8 @@ def machine_info() -> dict:
     return {
         "cpu": model_name,
         "cpu_count": os.cpu_count(),
-        "isa": [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if flag in flags],
+        "isa": kernels.capabilities.detect().flags(),
+        "kernel_override": os.environ.get(kernels.KERNEL_ENV),
         "torch_threads": torch.get_num_threads(),
         "versions": versions,
         "platform": platform.platform(),
@@ -217,6 +218,8 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         models = {v.name: v.load(checkpoints[v.name]) for v in tqdm(variants, desc="Loading", unit="variant")}
+    for result in results:
+        result.kernel = runtime.describe(models[result.name]) if isinstance(models[result.name], torch.nn.Module) else ""
     generator = torch.Generator().manual_seed(settings.seed)
     inputs = {name: WORKLOADS[name].make_inputs(config, sizes, generator) for name, sizes in workload_sizes.items()}
 

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from .. import linear_modules, saving
 from ..configuration import Int8Config, TuningRecord, library_versions
+from ..nn import kernels
 from ..evaluation import TaskEvaluator, distributed, higher_is_better, normalize_task
 from ..quantizer import quantize_model
 from ..tasks import task_spec
@@ -25,13 +26,9 @@ class ToleranceNotMetWarning(UserWarning):
     """Tuning returned its best model, which does not meet the requested tolerance."""
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX-BF16), so bf16 fallbacks are fast."""
-    import cpuinfo
-
-    flags = set(cpuinfo.get_cpu_info().get("flags", []))
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return kernels.capabilities.current().native_bf16
 
 
 def _tuning_library_versions() -> dict[str, str]:
