@@ -35,6 +35,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from . import modelcard
 from .checkpoint import is_weight_file
 from .configuration import QUANT_METHOD
@@ -321,6 +323,15 @@ def _model_sources(model) -> list[str]:
     return [str(Path(name).expanduser())]
 
 
+def _as_os_error(error: Exception, target: Path) -> OSError | None:
+    """safetensors reports a failed write (a full disk, say) as its own error: the OSError it is, if it is one."""
+    match = re.search(r"os error (\d+)", str(error))
+    if match is None:
+        return None
+    code = int(match.group(1))
+    return OSError(code, f"{os.strerror(code)}: writing the weights of {target}")
+
+
 def save_quantized(model, save_directory, *save_args, tokenizer=None, files: dict | None = None,
                    card_fields: dict | None = None, sources=(), overwrite: bool = False, carry_over: bool = True,
                    new_only: bool = False, **save_kwargs) -> Path:
@@ -334,7 +345,13 @@ def save_quantized(model, save_directory, *save_args, tokenizer=None, files: dic
     target = Path(os.path.realpath(Path(save_directory).expanduser()))
     sources = [*sources, *_model_sources(model)]
     with staged_directory(target, sources=sources, overwrite=overwrite, carry_over=carry_over, new_only=new_only) as staging:
-        type(model).save_pretrained(model, staging, *save_args, **save_kwargs)
+        try:
+            type(model).save_pretrained(model, staging, *save_args, **save_kwargs)
+        except SafetensorError as error:
+            os_error = _as_os_error(error, target)
+            if os_error is None:
+                raise
+            raise os_error from error
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         for name, path in (files or {}).items():

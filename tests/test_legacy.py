@@ -427,11 +427,11 @@ def test_cli_converts_and_reports_errors(tmp_path, capsys):
     source = LEGACY_FIXTURES / "bart_seq2seq_dynamic"
     assert cli_main(["convert", str(source), str(tmp_path / "cli"), "--task", "text2text-generation"]) == 0
     assert "31 int8 Linear modules; kept in float: lm_head (float32), model.decoder.layers.0.fc2 (float32)" in capsys.readouterr().out
-    assert cli_main(["convert", str(source), str(tmp_path / "cli"), "--task", "text2text-generation"]) == 1
+    assert cli_main(["convert", str(source), str(tmp_path / "cli"), "--task", "text2text-generation"]) == 2
     assert "exists and is not an empty directory" in capsys.readouterr().err
-    assert cli_main(["convert", str(source), str(tmp_path / "no-task")]) == 1
+    assert cli_main(["convert", str(source), str(tmp_path / "no-task")]) == 2
     assert "names no architecture" in capsys.readouterr().err
-    assert cli_main(["convert", str(tmp_path / "cli"), str(tmp_path / "again")]) == 1
+    assert cli_main(["convert", str(tmp_path / "cli"), str(tmp_path / "again")]) == 2
     assert "is not a legacy INC int8 checkpoint" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli"]
 

@@ -1,12 +1,16 @@
 """``optimum-int8 quantize`` and ``optimum-int8 evaluate`` on a tiny saved model and a local csv file."""
 
 import json
+import subprocess
+from pathlib import Path
 
 import datasets
 import pytest
 
-from conftest import TINY_ARCHS
+from conftest import LEGACY_FIXTURES, TINY_ARCHS
 from optimum_int8 import INCModelForSequenceClassification, Int8DynamicLinear, cli
+from optimum_int8.modeling import TASK_LOADERS
+from optimum_int8.tuning import INCQuantizer
 from optimum_int8.evaluation import TaskEvaluator
 from word_tokenizer import word_tokenizer
 
@@ -74,3 +78,108 @@ def test_commands_are_registered_under_optimum_cli():
 
     registered = {command.COMMAND.name: command for command, _ in load_optimum_namespace_cli_commands()}
     assert {info.name for info in registered["int8"].SUBCOMMANDS} == {"quantize", "evaluate"}
+
+
+# -- user errors: one line on stderr, exit code 2, a traceback only with --debug
+
+
+@pytest.fixture
+def mounted_tmpfs(tmp_path):
+    """Mount a tiny tmpfs (options given to the returned function); skipped where mounting is not allowed."""
+    mounted = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {result.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def _one_line_error(capsys, *expected: str) -> str:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert "Traceback" not in err and len(errors) == 1 and errors[0].startswith("optimum-int8 "), err
+    for text in expected:
+        assert text in errors[0], err
+    return errors[0]
+
+
+def test_a_missing_model_directory_or_dataset_is_one_line_with_exit_code_2(model_and_data, tmp_path, capsys):
+    model_dir, data = model_and_data
+    assert cli.main(["quantize", str(tmp_path / "no-such-model"), "-o", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "optimum-int8 quantize: error: model directory", "no-such-model does not exist")
+    assert cli.main(["evaluate", str(tmp_path / "no-such-model"), "--task", "text-classification", "--dataset", str(data)]) == 2
+    _one_line_error(capsys, "optimum-int8 evaluate: error:", "does not exist")
+    assert cli.main(["quantize", str(model_dir), "--task", "text-classification", "--dataset", str(tmp_path / "missing.csv"),
+                     "-o", str(tmp_path / "out")]) == 2
+    _one_line_error(capsys, "dataset file", "missing.csv does not exist")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError, match="no-such-model does not exist"):
+        cli.main(["--debug", "quantize", str(tmp_path / "no-such-model"), "-o", str(tmp_path / "out")])
+    with pytest.raises(FileNotFoundError, match="no-such-model does not exist"):
+        cli.main(["quantize", str(tmp_path / "no-such-model"), "-o", str(tmp_path / "out"), "--debug"])
+
+
+def test_quantize_never_writes_over_its_source_or_another_model_unless_asked(model_and_data, tmp_path, capsys):
+    model_dir, _ = model_and_data
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    assert cli.main(["quantize", str(model_dir), "-o", str(model_dir)]) == 2
+    _one_line_error(capsys, "is the model being quantized", "--overwrite")
+    other = tmp_path / "other-fp32"
+    TINY_ARCHS["bert"].build(seed=5).save_pretrained(other)
+    assert cli.main(["quantize", str(model_dir), "-o", str(other)]) == 2
+    _one_line_error(capsys, "holds a float model")
+    (tmp_path / "a-file").write_text("x")
+    assert cli.main(["quantize", str(model_dir), "-o", str(tmp_path / "a-file")]) == 2
+    _one_line_error(capsys, "exists and is a file")
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+    assert cli.main(["quantize", str(model_dir), "-o", str(model_dir), "--overwrite"]) == 0
+    assert INCModelForSequenceClassification.from_pretrained(model_dir).config.quantization_config.manifest is not None
+    assert (model_dir / "tokenizer.json").is_file()
+
+
+def test_a_read_only_output_is_one_line(model_and_data, mounted_tmpfs, capsys):
+    model_dir, _ = model_and_data
+    read_only = mounted_tmpfs("ro,size=1m")
+    assert cli.main(["quantize", str(model_dir), "-o", str(read_only / "int8")]) == 2
+    _one_line_error(capsys, "Read-only file system")
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(model_and_data, mounted_tmpfs, capsys):
+    model_dir, _ = model_and_data
+    full = mounted_tmpfs("size=8k")
+    assert cli.main(["quantize", str(model_dir), "-o", str(full / "int8")]) == 2
+    _one_line_error(capsys, "No space left on device")
+    assert list(full.iterdir()) == []
+
+
+def test_evaluate_reads_a_legacy_inc_checkpoint(tmp_path, capsys):
+    data = tmp_path / "pairs.csv"
+    datasets.Dataset.from_dict({"sentence": ["a good movie", "a bad movie", "the cat sat", "it rained"],
+                                "label": [1, 0, 1, 0]}).to_csv(data)
+    assert cli.main(["evaluate", str(LEGACY_FIXTURES / "bert_seqcls_dynamic"), "--task", "text-classification",
+                     "--dataset", str(data), "--column", "text=sentence"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert 0.0 <= printed["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("task", ["fill-mask", "feature-extraction"])
+def test_every_loader_task_quantizes_without_tuning(tmp_path, task, capsys):
+    model_dir = tmp_path / "roberta-fp32"
+    TINY_ARCHS["roberta"].build().save_pretrained(model_dir)
+    assert cli.main(["quantize", str(model_dir), "--task", task, "-o", str(tmp_path / "int8")]) == 0
+    loader = TASK_LOADERS[task]
+    model = loader.from_pretrained(tmp_path / "int8")
+    assert any(isinstance(module, Int8DynamicLinear) for module in model.modules())
+    assert isinstance(INCQuantizer.from_pretrained(model_dir, task=task).quantize(), type(model))
+    (tmp_path / "rows.csv").write_text("text\nw1 w2\n")
+    assert cli.main(["quantize", str(model_dir), "--task", task, "--dataset", str(tmp_path / "rows.csv"),
+                     "-o", str(tmp_path / "tuned")]) == 2
+    _one_line_error(capsys, f"--task {task} has no built-in evaluation")

@@ -1,11 +1,9 @@
 """``optimum-int8 convert LEGACY_DIR OUT_DIR``: a legacy INC int8 checkpoint in optimum-int8's format."""
 
 import json
-import sys
 
 from ..tasks import TASK_AUTO_CLASSES
 from .convert import convert_legacy_checkpoint
-from .reader import LegacyCheckpointError
 
 
 def add_command(subparsers) -> None:
@@ -30,13 +28,9 @@ def add_command(subparsers) -> None:
 
 def run(args) -> int:
     kwargs = {"revision": args.revision} if args.revision else {}
-    try:
-        destination = convert_legacy_checkpoint(
-            args.source, args.destination, task=args.task, static_as_dynamic=args.static_as_dynamic, **kwargs
-        )
-    except (LegacyCheckpointError, OSError) as error:
-        print(f"optimum-int8 convert: error: {error}", file=sys.stderr)
-        return 1
+    destination = convert_legacy_checkpoint(
+        args.source, args.destination, task=args.task, static_as_dynamic=args.static_as_dynamic, **kwargs
+    )
     manifest = json.loads((destination / "config.json").read_text())["quantization_config"]["manifest"]
     fallbacks = ", ".join(f"{name} ({dtype})" for name, dtype in manifest["fallback_modules"].items()) or "none"
     print(f"Converted {args.source} -> {destination}: {len(manifest['int8_modules'])} int8 Linear modules; "

@@ -6,11 +6,15 @@ launcher describes (gloo), shard the evaluation over the ranks, and print, write
 
 import argparse
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 
+from .. import saving
+from ..cli import add_debug_argument
 from ..evaluation import distributed
-from ..tasks import TASK_ALIASES, TASK_METRICS
+from ..tasks import TASK_ALIASES, TASK_METRICS, TASKS
 
 # The best model found was saved, but it misses the tolerance (a warning and the manifest say so too).
 TOLERANCE_MISSED_EXIT_CODE = 3
@@ -21,16 +25,18 @@ def _columns(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         role, sep, name = pair.partition("=")
         if not sep or not role or not name:
-            raise SystemExit(f"--column expects ROLE=NAME (e.g. text=sentence), got {pair!r}")
+            raise ValueError(f"--column expects ROLE=NAME (e.g. text=sentence), got {pair!r}")
         columns[role] = name
     return columns
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool) -> None:
-    tasks = sorted(set(TASK_METRICS) | {alias for alias, task in TASK_ALIASES.items() if task in TASK_METRICS})
+    evaluated = sorted(set(TASK_METRICS) | {alias for alias, task in TASK_ALIASES.items() if task in TASK_METRICS})
+    # Every task a loader supports quantizes; only evaluation (and so tuning) needs one with a built-in metric.
+    tasks = evaluated if dataset_required else sorted(set(TASKS) | set(TASK_ALIASES))
     parser.add_argument("model_dir", type=Path, help="model directory (fp32 for quantize; any for evaluate)")
     parser.add_argument("--task", choices=tasks, required=dataset_required,
-                        help="task whose built-in evaluation to run (needed with --dataset)")
+                        help="the model's task: its head, and the built-in evaluation run with --dataset")
     parser.add_argument("--dataset", type=Path, required=dataset_required,
                         help="evaluation data: a .json/.jsonl/.csv/.tsv/.parquet file")
     parser.add_argument("--metric", help="built-in metric of the task (default: the task's first, e.g. rougeLsum, accuracy, perplexity)")
@@ -41,6 +47,17 @@ def _add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool)
     parser.add_argument("--max-length", type=int, default=512, help="tokenizer truncation length")
     parser.add_argument("--max-new-tokens", type=int, help="generation override for seq2seq tasks")
     parser.add_argument("--num-beams", type=int, help="generation override for seq2seq tasks")
+    add_debug_argument(parser)
+
+
+def _check_inputs(args) -> None:
+    """Fail in one line, before loading anything, on paths that cannot work."""
+    if not args.model_dir.exists():
+        raise FileNotFoundError(f"model directory {args.model_dir} does not exist.")
+    if not args.model_dir.is_dir() or not (args.model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{args.model_dir} is not a model directory: it has no config.json.")
+    if args.dataset is not None and not args.dataset.is_file():
+        raise FileNotFoundError(f"dataset file {args.dataset} does not exist" + (" (it is a directory)." if args.dataset.exists() else "."))
 
 
 def _generation_kwargs(args) -> dict:
@@ -57,7 +74,10 @@ EVALUATE_HELP = "evaluate a model (int8 or fp32) with a task's built-in metrics"
 
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_arguments(parser, dataset_required=False)
-    parser.add_argument("-o", "--output", type=Path, required=True, help="directory to write the int8 model to")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="directory to write the int8 model to: new, empty, or an optimum-int8 checkpoint to replace")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the output even if it is the model being quantized or holds another model")
     parser.add_argument("--tolerable-loss", type=float, default=0.01)
     parser.add_argument("--absolute", action="store_true", help="tolerance in metric units instead of relative")
     parser.add_argument("--max-trials", type=int, help="most int8 evaluations (default: ceil(log2(#Linear)) + 3)")
@@ -95,7 +115,13 @@ def _quantize(args) -> int:
     from .quantizer import INCQuantizer
 
     if args.dataset is not None and args.task is None:
-        raise SystemExit("--dataset needs --task (which built-in evaluation to run).")
+        raise ValueError("--dataset needs --task (which built-in evaluation to run).")
+    if args.dataset is not None and args.task not in TASK_METRICS and TASK_ALIASES.get(args.task) not in TASK_METRICS:
+        raise ValueError(f"--task {args.task} has no built-in evaluation, so it cannot tune on --dataset; drop --dataset "
+                         f"to quantize without tuning, or use one of {sorted(TASK_METRICS)}.")
+    _check_inputs(args)
+    output = Path(os.path.realpath(args.output))
+    saving.check_target(output, sources=[args.model_dir], overwrite=args.overwrite)
     quantizer = INCQuantizer.from_pretrained(args.model_dir, task=args.task)
     tuning = None
     if args.dataset is not None:
@@ -106,7 +132,8 @@ def _quantize(args) -> int:
         )
     qmodel = quantizer.quantize(
         Int8Config(modules_in_fp32=args.modules_in_fp32, modules_in_bf16=args.modules_in_bf16), tuning=tuning,
-        eval_dataset=str(args.dataset) if args.dataset else None, save_directory=args.output, columns=_columns(args.column),
+        eval_dataset=str(args.dataset) if args.dataset else None, save_directory=args.output, overwrite=args.overwrite,
+        columns=_columns(args.column),
         batch_size=args.batch_size, max_length=args.max_length, max_eval_samples=args.max_eval_samples,
         generation_kwargs=_generation_kwargs(args),
     )
@@ -133,16 +160,19 @@ def _evaluate(args) -> int:
     from transformers import AutoTokenizer
 
     from ..evaluation import TaskEvaluator
-    from ..tasks import task_spec
+    from ..modeling import TASK_LOADERS
 
     if args.json is not None and not args.json.parent.is_dir():
-        raise SystemExit(f"--json {args.json}: the directory {args.json.parent} does not exist.")
+        raise FileNotFoundError(f"--json {args.json}: the directory {args.json.parent} does not exist.")
+    _check_inputs(args)
     evaluator = TaskEvaluator(
         args.task, str(args.dataset), AutoTokenizer.from_pretrained(args.model_dir), metric=args.metric,
         columns=_columns(args.column), batch_size=args.batch_size, max_length=args.max_length,
         max_samples=args.max_eval_samples, generation_kwargs=_generation_kwargs(args),
     )
-    model = task_spec(evaluator.task).auto_class.from_pretrained(args.model_dir).eval()
+    with warnings.catch_warnings():  # evaluating an fp32 model is as meant as an int8 one
+        warnings.filterwarnings("ignore", message=".*is not an optimum-int8 checkpoint")
+        model = TASK_LOADERS[evaluator.task].from_pretrained(args.model_dir).eval()  # ours, fp32 or legacy INC
     metrics = evaluator.evaluate(model)
     distributed.on_main_process(lambda: _report(args, evaluator, metrics), what="writing the evaluation results")
     return 0

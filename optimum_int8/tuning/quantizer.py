@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from .. import linear_modules, saving
 from ..configuration import Int8Config, TuningRecord, library_versions
 from ..nn import kernels
-from ..evaluation import TaskEvaluator, distributed, higher_is_better, normalize_task
+from ..evaluation import TaskEvaluator, distributed, higher_is_better
 from ..quantizer import quantize_model
 from ..tasks import task_spec
 from . import sensitivity
@@ -43,7 +43,7 @@ def _tuning_library_versions() -> dict[str, str]:
 def _model_class(path: str, task: str | None):
     """The task's Auto class; without a task, the architecture the checkpoint was saved from (head included)."""
     if task is not None:
-        return task_spec(normalize_task(task)).auto_class
+        return task_spec(task).auto_class
     architectures = AutoConfig.from_pretrained(path).architectures or []
     return getattr(transformers, architectures[0], AutoModel) if architectures else AutoModel
 
@@ -80,7 +80,8 @@ class INCQuantizer:
         if not isinstance(model, PreTrainedModel):
             raise TypeError(f"INCQuantizer expects a transformers PreTrainedModel, got {type(model).__name__}")
         self.model = model
-        self.task = normalize_task(task) if task is not None else None
+        # Any task a loader supports quantizes; the built-in evaluation (TaskEvaluator) says which ones tune.
+        self.task = task_spec(task).name if task is not None else None
         self.tokenizer = tokenizer
         self.last_outcome: SearchOutcome | None = None
 
@@ -106,6 +107,7 @@ class INCQuantizer:
         eval_fn=None,
         calibration_dataset=None,
         save_directory=None,
+        overwrite: bool = False,
         columns: dict[str, str] | None = None,
         batch_size: int = 8,
         max_length: int = 512,
@@ -124,7 +126,8 @@ class INCQuantizer:
             eval_fn: instead of ``eval_dataset``, your own ``eval_fn(model) -> float``.
             calibration_dataset: rows used to rank modules by sensitivity (default: the first
                 ``tuning.calibration_samples`` rows of ``eval_dataset``), or a list of model-input dicts.
-            save_directory: written atomically with ``save_pretrained``, tokenizer included.
+            save_directory: written atomically with ``save_pretrained``, tokenizer included; never over the
+                model being quantized or another model unless ``overwrite`` (``optimum_int8.saving``).
         """
         config = copy.deepcopy(quantization_config) if quantization_config is not None else Int8Config()
         if tuning is None:
@@ -134,7 +137,8 @@ class INCQuantizer:
                            generation_kwargs=generation_kwargs, show_progress=show_progress)
             qmodel = self._tune(config, tuning, eval_dataset, eval_fn, calibration_dataset, options)
         if save_directory is not None:
-            distributed.on_main_process(lambda: self.save(qmodel, save_directory), what=f"saving to {save_directory}")
+            distributed.on_main_process(lambda: self.save(qmodel, save_directory, overwrite=overwrite),
+                                        what=f"saving to {save_directory}")
         return qmodel
 
     def save(self, qmodel, save_directory, overwrite: bool = False) -> None:

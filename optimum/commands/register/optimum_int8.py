@@ -6,6 +6,7 @@ the commands in its ``REGISTER_COMMANDS``; optimum-int8 installs this file there
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
+from optimum_int8.cli import run_command
 from optimum_int8.tuning import commands
 
 
@@ -15,7 +16,7 @@ class Int8QuantizeCommand(BaseOptimumCLICommand):
         commands.add_quantize_arguments(parser)
 
     def run(self):
-        return commands.run_quantize(self.args)
+        return run_command(commands.run_quantize, self.args, "optimum-cli int8 quantize")
 
 
 class Int8EvaluateCommand(BaseOptimumCLICommand):
@@ -24,7 +25,7 @@ class Int8EvaluateCommand(BaseOptimumCLICommand):
         commands.add_evaluate_arguments(parser)
 
     def run(self):
-        return commands.run_evaluate(self.args)
+        return run_command(commands.run_evaluate, self.args, "optimum-cli int8 evaluate")
 
 
 class Int8Command(BaseOptimumCLICommand):
