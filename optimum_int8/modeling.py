@@ -5,6 +5,7 @@ given) and repo ids, and check local paths first so a typo gives an error that n
 """
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -53,12 +54,33 @@ def check_local_checkpoint(pretrained_model_name_or_path, subfolder: str = "") -
         raise ValueError(f"{config_file} is not valid JSON: {error}") from error
     except RecursionError:
         raise ValueError(f"{config_file} nests JSON deeper than its parser allows; transformers never writes such a config.") from None
+    _check_shard_index(path)
     quant_method = (config.get("quantization_config") or {}).get("quant_method")
     if quant_method is not None and quant_method not in AUTO_QUANTIZER_MAPPING:
         raise ValueError(
             f"{config_file}: quantization_config.quant_method is {quant_method!r}, which neither optimum-int8 "
             f"({QUANT_METHOD!r}) nor transformers knows; loading it would give a wrong model."
         )
+
+
+def _check_shard_index(path: Path) -> None:
+    """A shard index names files of its own directory: an entry with a path in it could make a load read any file."""
+    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index_file = path / name
+        if not index_file.is_file():
+            continue
+        try:
+            weight_map = json.loads(index_file.read_text()).get("weight_map")
+        except (ValueError, RecursionError, AttributeError) as error:
+            raise ValueError(f"{index_file} is not a shard index (a JSON object with a weight_map): {str(error)[:200]}") from None
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index_file}: weight_map must be an object of tensor name -> shard file name.")
+        for tensor, shard in weight_map.items():
+            if not isinstance(shard, str) or shard in ("", ".", "..") or "/" in shard or "\\" in shard or shard != os.path.basename(shard):
+                raise ValueError(
+                    f"{index_file}: tensor {str(tensor)[:100]!r} is mapped to {str(shard)[:100]!r}, which is not a file "
+                    "name in the checkpoint directory; refusing to read outside it."
+                )
 
 
 class _INCLoaderMixin:

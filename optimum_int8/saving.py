@@ -256,9 +256,14 @@ def check_target(target: Path, *, sources=(), overwrite: bool = False, new_only:
 
 def _carry_over(old_dir: Path, new_dir: Path) -> None:
     """Keep files saved earlier beside the weights (tokenizer, README, ...); the old model's files are replaced."""
+    root = Path(os.path.realpath(old_dir))
     for entry in old_dir.iterdir():
         destination = new_dir / entry.name
         if is_weight_file(entry.name) or entry.name in _MODEL_FILES or destination.exists():
+            continue
+        if entry.is_symlink() and not _is_within(Path(os.path.realpath(entry)), root):
+            # A push would upload what it points to: never carry a file from outside the checkpoint into it.
+            logger.warning(f"{entry} links outside {old_dir} (to {os.path.realpath(entry)}); not carried into the new checkpoint.")
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, destination, symlinks=True)

@@ -234,3 +234,15 @@ def test_deeply_nested_manifest_is_a_short_error_naming_the_file(int8_dir, depth
     with pytest.raises(ValueError, match=r"config.json nests JSON deeper|trial_results must be a list of objects") as error:
         INCModelForSeq2SeqLM.from_pretrained(int8_dir)
     assert len(str(error.value)) < 400
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/hostname", "sub/model.safetensors"])
+def test_a_shard_index_entry_outside_the_checkpoint_is_refused(tmp_path, int8_dir, shard):
+    model = INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    index_file = tmp_path / "sharded" / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    index["weight_map"][next(iter(index["weight_map"]))] = shard
+    index_file.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"is mapped to .*which is not a file name in the checkpoint directory"):
+        INCModelForSeq2SeqLM.from_pretrained(tmp_path / "sharded")

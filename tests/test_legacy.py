@@ -504,3 +504,13 @@ def test_hostile_best_configure_yaml_is_refused_in_bounded_time(tmp_path, kind):
     with pytest.raises(LegacyCheckpointError, match=r"best_configure.yaml.*" + message):
         INCModelForSeq2SeqLM.from_pretrained(tmp_path / "eager")
     assert time.monotonic() - start < 20
+
+
+def test_convert_never_copies_a_tokenizer_file_linking_outside_the_checkpoint(tmp_path):
+    folder = copy_fixture("bert_seqcls_dynamic", tmp_path / "legacy")
+    (tmp_path / "secret.json").write_text('{"token": "hf_secret"}')
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.json").symlink_to(tmp_path / "secret.json")
+    with pytest.raises(LegacyCheckpointError, match=r"tokenizer.json links outside .*legacy .*refusing to copy it"):
+        convert_legacy_checkpoint(folder, tmp_path / "out", task="text-classification")
+    assert not (tmp_path / "out").exists()

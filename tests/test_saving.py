@@ -383,3 +383,17 @@ def test_the_tuners_save_writes_the_tokenizer_inside_the_same_replacement(tmp_pa
     assert {"tokenizer.json", "model.safetensors", "README.md"} <= {p.name for p in (tmp_path / "int8").iterdir()}
     with pytest.raises(OverwriteRefusedError, match="is the model being quantized"):
         quantizer.quantize(save_directory=bart_fp32_dir)
+
+
+def test_a_file_linking_outside_the_checkpoint_is_not_carried_into_the_new_one(tmp_path, models):
+    old, new = models
+    target = tmp_path / "out"
+    old.save_pretrained(target)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the Hub")
+    (target / "tokenizer.json").symlink_to(secret)
+    (target / "vocab.txt").write_text("w1\n")
+    (target / "vocab-link.txt").symlink_to("vocab.txt")
+    new.save_pretrained(target)
+    assert not (target / "tokenizer.json").exists() and not (target / "tokenizer.json").is_symlink()
+    assert (target / "vocab-link.txt").is_symlink() and (target / "vocab-link.txt").read_text() == "w1\n"

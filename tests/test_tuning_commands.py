@@ -183,3 +183,36 @@ def test_every_loader_task_quantizes_without_tuning(tmp_path, task, capsys):
     assert cli.main(["quantize", str(model_dir), "--task", task, "--dataset", str(tmp_path / "rows.csv"),
                      "-o", str(tmp_path / "tuned")]) == 2
     _one_line_error(capsys, f"--task {task} has no built-in evaluation")
+
+
+def test_an_already_quantized_or_legacy_checkpoint_is_not_quantized_again(model_and_data, tmp_path, capsys):
+    model_dir, _ = model_and_data
+    assert cli.main(["quantize", str(model_dir), "-o", str(tmp_path / "int8")]) == 0
+    assert cli.main(["quantize", str(tmp_path / "int8"), "-o", str(tmp_path / "again")]) == 2
+    _one_line_error(capsys, "is already quantized (quant_method 'optimum_int8')")
+    assert cli.main(["quantize", str(LEGACY_FIXTURES / "bert_seqcls_dynamic"), "-o", str(tmp_path / "again")]) == 2
+    _one_line_error(capsys, "is a legacy INC int8 checkpoint, already quantized")
+    assert not (tmp_path / "again").exists()
+
+
+def test_an_unknown_architecture_without_a_task_is_refused_instead_of_losing_its_head(model_and_data, tmp_path, capsys):
+    model_dir, _ = model_and_data
+    config = json.loads((model_dir / "config.json").read_text())
+    config["architectures"] = ["BertForSomethingNew"]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert cli.main(["quantize", str(model_dir), "-o", str(tmp_path / "int8")]) == 2
+    _one_line_error(capsys, "names architecture 'BertForSomethingNew'", "pass its task")
+    assert cli.main(["quantize", str(model_dir), "--task", "text-classification", "-o", str(tmp_path / "int8")]) == 0
+    assert INCModelForSequenceClassification.from_pretrained(tmp_path / "int8").classifier is not None
+
+
+def test_a_model_directory_without_a_tokenizer_is_named_not_evaluated_on_unk(model_and_data, tmp_path, capsys):
+    model_dir, data = model_and_data
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (model_dir / name).unlink(missing_ok=True)
+    assert cli.main(["evaluate", str(model_dir), "--task", "text-classification", "--dataset", str(data),
+                     "--column", "text=review", "--column", "label=stars"]) == 2
+    _one_line_error(capsys, "has no tokenizer", "[UNK]")
+    assert cli.main(["quantize", str(model_dir), "--task", "text-classification", "--dataset", str(data),
+                     "--column", "text=review", "--column", "label=stars", "-o", str(tmp_path / "int8")]) == 2
+    _one_line_error(capsys, "tokenizer")

@@ -89,4 +89,11 @@ def convert_legacy_checkpoint(source, destination, *, task: str | None = None, s
         model.config.quantization_config.manifest.created_with["legacy-static-as-dynamic"] = f"{len(converted)} modules"
     hub_kwargs = download_kwargs(kwargs)
     files = {name: path for name in TOKENIZER_FILES if (path := resolve_file(source, name, hub_kwargs)) is not None}
+    for local in _sources(source):
+        root = os.path.realpath(local)
+        for name, path in files.items():
+            if os.path.commonpath([root, os.path.realpath(path)]) != root:
+                raise LegacyCheckpointError(
+                    f"{path} links outside {local} (to {os.path.realpath(path)}); refusing to copy it into the converted checkpoint."
+                )
     return saving.save_quantized(model, destination, files=files, sources=_sources(source), carry_over=False, new_only=True)

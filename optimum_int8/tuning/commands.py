@@ -157,16 +157,15 @@ def run_evaluate(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from transformers import AutoTokenizer
-
     from ..evaluation import TaskEvaluator
     from ..modeling import TASK_LOADERS
+    from .quantizer import load_tokenizer
 
     if args.json is not None and not args.json.parent.is_dir():
         raise FileNotFoundError(f"--json {args.json}: the directory {args.json.parent} does not exist.")
     _check_inputs(args)
     evaluator = TaskEvaluator(
-        args.task, str(args.dataset), AutoTokenizer.from_pretrained(args.model_dir), metric=args.metric,
+        args.task, str(args.dataset), load_tokenizer(args.model_dir), metric=args.metric,
         columns=_columns(args.column), batch_size=args.batch_size, max_length=args.max_length,
         max_samples=args.max_eval_samples, generation_kwargs=_generation_kwargs(args),
     )

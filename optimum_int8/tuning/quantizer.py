@@ -5,14 +5,16 @@ import functools
 import importlib.metadata
 import logging
 import warnings
+from pathlib import Path
 
 import transformers
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from .. import linear_modules, saving
 from ..configuration import Int8Config, TuningRecord, library_versions
 from ..nn import kernels
 from ..evaluation import TaskEvaluator, distributed, higher_is_better
+from ..legacy import find_legacy_checkpoint
 from ..quantizer import quantize_model
 from ..tasks import task_spec
 from . import sensitivity
@@ -40,12 +42,47 @@ def _tuning_library_versions() -> dict[str, str]:
     return versions
 
 
-def _model_class(path: str, task: str | None):
-    """The task's Auto class; without a task, the architecture the checkpoint was saved from (head included)."""
+def _model_class(path: str, task: str | None, model_kwargs: dict):
+    """The task's Auto class; without a task, the architecture the checkpoint was saved from (head included).
+
+    Refuses a checkpoint that is already quantized (ours or a legacy INC one) and, without ``task``, one
+    whose head is unknown: loading it with ``AutoModel`` would quantize the base model and drop the head.
+    """
+    if find_legacy_checkpoint(path, model_kwargs) is not None:
+        raise ValueError(f"{path} is a legacy INC int8 checkpoint, already quantized: load it with INCModelFor<Task>, "
+                         "convert it with `optimum-int8 convert`, or quantize the fp32 model it came from.")
+    config = AutoConfig.from_pretrained(path, **{k: v for k, v in model_kwargs.items() if k in ("revision", "token", "cache_dir")})
+    quantization = getattr(config, "quantization_config", None)
+    if quantization is not None:
+        method = quantization.get("quant_method") if isinstance(quantization, dict) else getattr(quantization, "quant_method", None)
+        raise ValueError(f"{path} is already quantized (quant_method {method!r}); quantize the fp32 model it came from.")
     if task is not None:
         return task_spec(task).auto_class
-    architectures = AutoConfig.from_pretrained(path).architectures or []
-    return getattr(transformers, architectures[0], AutoModel) if architectures else AutoModel
+    architectures = config.architectures or []
+    model_class = getattr(transformers, architectures[0], None) if architectures else None
+    if model_class is None:
+        named = f"names architecture {architectures[0]!r}, which transformers {transformers.__version__} does not have" \
+            if architectures else "names no architecture"
+        raise ValueError(f"{path}: config.json {named}, so the model's head is unknown and would be lost; pass its task "
+                         "(task=..., --task).")
+    return model_class
+
+
+# Files that hold a tokenizer's vocabulary; without one, transformers builds an empty tokenizer from the
+# model config and every word becomes [UNK].
+TOKENIZER_VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                              "tokenizer.model", "source.spm")
+
+
+def load_tokenizer(path):
+    """``AutoTokenizer.from_pretrained(path)``; an OSError for a local directory without a vocabulary."""
+    directory = Path(path).expanduser()
+    if directory.is_dir() and not any((directory / name).is_file() for name in TOKENIZER_VOCABULARY_FILES):
+        raise FileNotFoundError(
+            f"{directory} has no tokenizer (none of {list(TOKENIZER_VOCABULARY_FILES)}); transformers would build one "
+            "with an empty vocabulary and every word would be [UNK]. Save the model's tokenizer there."
+        )
+    return AutoTokenizer.from_pretrained(path)
 
 
 def _agreed(eval_fn):
@@ -91,10 +128,10 @@ class INCQuantizer:
         if isinstance(model_or_path, PreTrainedModel):
             return cls(model_or_path, task=task, tokenizer=tokenizer)
         path = str(model_or_path)
-        model = _model_class(path, task).from_pretrained(path, **model_kwargs).eval()
+        model = _model_class(path, task, model_kwargs).from_pretrained(path, **model_kwargs).eval()
         if tokenizer is None:
             try:
-                tokenizer = AutoTokenizer.from_pretrained(path)
+                tokenizer = load_tokenizer(path)
             except (OSError, ValueError):
                 tokenizer = None  # untuned quantization needs none; built-in evaluation says it does
         return cls(model, task=task, tokenizer=tokenizer)
