@@ -248,3 +248,22 @@ def test_one_process_raises_the_original_error_and_needs_no_group():
     with pytest.raises(RuntimeError, match="boom") as raised:
         distributed.on_main_process(boom, what="x")
     assert not isinstance(raised.value, DistributedError)
+
+
+def test_joining_the_launchers_group_from_the_environment(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT", distributed.TIMEOUT_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.init_from_environment() is False  # one process: nothing to join
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.init_from_environment() is False
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2 but \['RANK', 'MASTER_ADDR', 'MASTER_PORT'\] are not set"):
+        distributed.init_from_environment()
+    assert distributed.timeout_from_environment().total_seconds() == distributed.DEFAULT_TIMEOUT_SECONDS
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "45")
+    assert distributed.timeout_from_environment().total_seconds() == 45
+    for bad in ("soon", "0"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=distributed.TIMEOUT_ENV):
+            distributed.timeout_from_environment()
+    assert not distributed.is_distributed()
