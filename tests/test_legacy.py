@@ -514,3 +514,30 @@ def test_convert_never_copies_a_tokenizer_file_linking_outside_the_checkpoint(tm
     with pytest.raises(LegacyCheckpointError, match=r"tokenizer.json links outside .*legacy .*refusing to copy it"):
         convert_legacy_checkpoint(folder, tmp_path / "out", task="text-classification")
     assert not (tmp_path / "out").exists()
+
+
+def test_bf16_lm_head_tied_to_the_shared_embedding_loads_and_matches_the_old_stack(tmp_path):
+    """INC tuned with bf16 fallbacks on a tied BART: converting lm_head's weight to bf16 converted the shared
+    embedding Parameter with it, so the pickle holds model.shared.weight (and its tied copies) in bf16,
+    unlisted in best_configure."""
+    folder = copy_fixture("bart_seq2seq_dynamic", tmp_path / "tied")
+    _bf16_fallback_checkpoint(folder)
+
+    def tie(state_dict, best_configure):
+        for key in ("model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"):
+            state_dict[key] = state_dict["lm_head.weight"]
+
+    rewrite_checkpoint(folder, tie)
+    model = INCModelForSeq2SeqLM.from_pretrained(folder)
+    assert type(model.lm_head) is BFloat16Linear and model.model.shared.weight.dtype == torch.float32
+
+    # The old stack: every tied copy of the embedding a bf16 Parameter, lm_head run by BF16ModuleWrapper.
+    old = INCModelForSeq2SeqLM.from_pretrained(LEGACY_FIXTURES / "bart_seq2seq_dynamic")
+    shared = nn.Parameter(old.model.shared.weight.detach().to(torch.bfloat16), requires_grad=False)
+    for embedding in (old.model.shared, old.model.encoder.embed_tokens, old.model.decoder.embed_tokens):
+        embedding.weight = shared
+    old.lm_head = _OldBF16Wrapper(old.lm_head)
+    inputs = model_inputs(reference("bart_seq2seq_dynamic"))
+    assert torch.equal(logits(model, inputs), logits(old, inputs))
+    converted = INCModelForSeq2SeqLM.from_pretrained(convert_legacy_checkpoint(folder, tmp_path / "out", task="text2text-generation"))
+    assert torch.equal(logits(converted, inputs), logits(model, inputs))

@@ -392,6 +392,7 @@ def plan_layout(checkpoint: LegacyCheckpoint, model: nn.Module) -> LegacyLayout:
                     raise LegacyCheckpointError(f"{source}: {entry.key} is {entry.value.dtype}, but best_configure runs {path} in bf16.")
                 float_tensors[f"{path}.{name}"] = entry.value
     rebuilt = {*ops.linear_modes, *ops.embeddings, *ops.bf16_linears}
+    bf16_weights = [tensor for name, tensor in float_tensors.items() if name.endswith(".weight_bf16")]
     for path, tails in groups.items():
         if path in rebuilt:
             continue  # the wrappers' stale float copies and torch.ao bookkeeping; the packed tensors ran
@@ -399,8 +400,14 @@ def plan_layout(checkpoint: LegacyCheckpoint, model: nn.Module) -> LegacyLayout:
             entry = _innermost(entries)
             if entry.key in consumed:
                 continue
+            name = f"{path}.{tail}" if path else tail
+            if _is_tied_bf16_copy(entry.value, bf16_weights):
+                # A bf16 Linear tied to an embedding (lm_head and the shared embedding): the old stack turned
+                # the one shared Parameter into bf16, so the embedding looked up bf16 rows. fp32 holds them exactly.
+                float_tensors[name] = entry.value.float()
+                continue
             _check_float_entry(entry, source)
-            float_tensors[f"{path}.{tail}" if path else tail] = entry.value
+            float_tensors[name] = entry.value
 
     fallback_modules = {
         name: "bfloat16" if name in ops.bf16_linears else "float32"
@@ -408,6 +415,12 @@ def plan_layout(checkpoint: LegacyCheckpoint, model: nn.Module) -> LegacyLayout:
         if name not in ops.linear_modes
     }
     return LegacyLayout(framework, approach, dynamic, static, embeddings, float_tensors, fallback_modules)
+
+
+def _is_tied_bf16_copy(value, bf16_weights) -> bool:
+    """Whether ``value`` is a bf16 tensor equal to the weight of a bf16 fallback Linear (its tied copy)."""
+    return torch.is_tensor(value) and not value.is_quantized and value.dtype == torch.bfloat16 and any(
+        weight.shape == value.shape and torch.equal(weight, value) for weight in bf16_weights)
 
 
 def _check_float_entry(entry: _Entry, source: str) -> None:
