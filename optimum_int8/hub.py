@@ -25,6 +25,16 @@ class HubAccessError(OSError):
     """The Hub refused or could not find a repo, revision or token; the message says which and what to do."""
 
 
+def check_revision(revision) -> None:
+    """A revision names a branch, tag or commit: refuse one that is a path (the Hub cache keeps refs as files)."""
+    if revision is None:
+        return
+    if (not isinstance(revision, str) or not revision or revision.startswith("/") or "\\" in revision
+            or "\x00" in revision or ".." in revision.split("/")):
+        raise ValueError(f"revision {str(revision)[:100]!r} is not a branch, tag or commit name: it must not hold "
+                         "'..' segments, a leading '/' or backslashes.")
+
+
 def _token_description(token) -> str:
     if token is False or (token is None and get_token() is None):
         return "without a token"

@@ -23,7 +23,7 @@ from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
 
 from . import saving
 from .configuration import QUANT_METHOD
-from .hub import translate_hub_errors
+from .hub import check_revision, translate_hub_errors
 from .legacy import find_legacy_checkpoint, load_legacy_model
 from .tasks import TASKS
 
@@ -93,6 +93,7 @@ class _INCLoaderMixin:
         are rebuilt from their ``best_configure`` (docs/legacy.md). A local directory is held steady while
         it loads (``optimum_int8.saving.reading``): a concurrent save gives the old or the new model, never a mix.
         """
+        check_revision(kwargs.get("revision"))
         with saving.reading(pretrained_model_name_or_path):
             check_local_checkpoint(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
             with translate_hub_errors(pretrained_model_name_or_path, revision=kwargs.get("revision"), token=kwargs.get("token")):

@@ -9,6 +9,7 @@ HUB.configure_clients()
 
 import copy
 import dataclasses
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,25 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def mounted_tmpfs(tmp_path):
+    """Mount a tiny tmpfs (options given to the returned function); skipped where mounting is not allowed."""
+    mounted = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {result.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
 
 
 @pytest.fixture(params=sorted(TINY_ARCHS))

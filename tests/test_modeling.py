@@ -12,7 +12,15 @@ from transformers import (
     BertForMultipleChoice,
 )
 
-from optimum_int8 import INCModel, INCModelForMultipleChoice, INCModelForSeq2SeqLM, Int8Config, Int8DynamicLinear, quantize_model
+from optimum_int8 import (
+    INCModel,
+    INCModelForMultipleChoice,
+    INCModelForSeq2SeqLM,
+    Int8Config,
+    Int8DynamicLinear,
+    convert_legacy_checkpoint,
+    quantize_model,
+)
 
 
 BF16_FALLBACK = "model.decoder.layers.1.fc2"
@@ -117,3 +125,11 @@ def test_base_model_loaded_from_a_task_checkpoint_saves_a_consistent_manifest(in
     inputs = bart.inputs()
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).last_hidden_state, base(**inputs).last_hidden_state)
+
+
+@pytest.mark.parametrize("revision", ["../../../etc", "/absolute", "main/../../x", "a\\b"])
+def test_a_revision_that_is_a_path_is_refused_before_any_lookup(tmp_path, revision):
+    with pytest.raises(ValueError, match="is not a branch, tag or commit name"):
+        INCModelForSeq2SeqLM.from_pretrained("org/model", revision=revision, cache_dir=tmp_path, local_files_only=True)
+    with pytest.raises(ValueError, match="is not a branch, tag or commit name"):
+        convert_legacy_checkpoint("org/model", tmp_path / "out", revision=revision)

@@ -318,22 +318,28 @@ def test_an_earlier_models_generation_config_is_not_carried_over(tmp_path, model
     assert not (target / "generation_config.json").exists()
 
 
-def test_saving_onto_a_file_or_into_a_read_only_directory_fails_cleanly(tmp_path, models):
+def test_saving_onto_a_file_or_into_a_read_only_directory_fails_cleanly(tmp_path, models, mounted_tmpfs):
     _, new = models
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="exists and is a file"):
         new.save_pretrained(tmp_path / "file")
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only directories")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        with pytest.raises(PermissionError):
-            new.save_pretrained(locked / "int8")
-    finally:
-        locked.chmod(0o700)
-    assert list(locked.iterdir()) == []
+    read_only = mounted_tmpfs("ro,size=1m")
+    with pytest.raises(OSError, match="Read-only file system"):
+        new.save_pretrained(read_only / "int8")
+    assert list(read_only.iterdir()) == []
+
+
+def test_a_full_disk_fails_cleanly_and_keeps_the_old_checkpoint(workspace, models, mounted_tmpfs):
+    target, snapshots, _ = workspace
+    old, new = models
+    disk = mounted_tmpfs("size=2m")
+    old.save_pretrained(disk / "int8")
+    before = _snapshot(disk / "int8")
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "filler").write_bytes(b"\0" * (free - 16384))  # room for the config, not for the weights
+    with pytest.raises(OSError, match="No space left on device"):
+        new.save_pretrained(disk / "int8")
+    assert _snapshot(disk / "int8") == before and sorted(p.name for p in disk.iterdir()) == ["filler", "int8"]
 
 
 def test_a_failed_save_leaves_the_previous_directory_intact(workspace, models, monkeypatch):

@@ -1,8 +1,6 @@
 """``optimum-int8 quantize`` and ``optimum-int8 evaluate`` on a tiny saved model and a local csv file."""
 
 import json
-import subprocess
-from pathlib import Path
 
 import datasets
 import pytest
@@ -81,25 +79,6 @@ def test_commands_are_registered_under_optimum_cli():
 
 
 # -- user errors: one line on stderr, exit code 2, a traceback only with --debug
-
-
-@pytest.fixture
-def mounted_tmpfs(tmp_path):
-    """Mount a tiny tmpfs (options given to the returned function); skipped where mounting is not allowed."""
-    mounted = []
-
-    def mount(options: str) -> Path:
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {result.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", str(point)], check=False)
 
 
 def _one_line_error(capsys, *expected: str) -> str:

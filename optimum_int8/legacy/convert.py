@@ -7,6 +7,7 @@ import transformers
 from torch import nn
 
 from .. import saving
+from ..hub import check_revision
 from ..tasks import TASK_AUTO_CLASSES
 from ..nn import Int8DynamicLinear, StaticInt8Linear
 from .builder import architecture_class, build_legacy_model
@@ -68,6 +69,7 @@ def convert_legacy_checkpoint(source, destination, *, task: str | None = None, s
     is needed only when config.json names no architecture. ``kwargs`` go to ``from_pretrained``
     (``revision``, ``cache_dir``, ``token``, ...).
     """
+    check_revision(kwargs.get("revision"))
     destination = Path(destination).expanduser().absolute()
     saving.check_target(Path(os.path.realpath(destination)), sources=_sources(source), new_only=True)
     weights_file = find_legacy_checkpoint(source, kwargs)
