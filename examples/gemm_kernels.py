@@ -1,27 +1,29 @@
-"""Time the CPU GEMM kernels optimum-int8 could run its Linear layers on, for BART-large shapes.
+"""Time optimum-int8's int8 GEMM backends against torch's bf16 and fp32 GEMMs, for BART-large Linear shapes.
 
-    python examples/gemm_kernels.py --rows 1 4 512 2048 --threads 1
+    python examples/gemm_kernels.py --rows 1 4 16 32 64 512 2048 --threads 2
 
-For each (rows, in, out) it times, interleaved over several rounds (median per call, ms):
+For each (rows, in, out) it times, interleaved over several rounds (median per call, ms), the code paths the
+int8 layers run (``optimum_int8.nn.kernels``), activation quantization included:
 
-- int8, per-tensor activations: fbgemm's dynamic Linear with 7-bit activations (what optimum-int8 runs,
-  ``torch.ops.quantized.linear_dynamic(..., reduce_range=True)``) and with 8-bit ones; oneDNN's dynamic
-  Linear (``torch.backends.quantized.engine = "onednn"``);
-- int8, per-token activations: symmetric int8 rows quantized with eager torch ops, ``torch._int_mm``, and
-  the rescale (the candidate the design notes name), and ``torch._int_mm`` alone;
-- bf16: ``F.linear`` on plain bf16 weights, oneDNN on prepacked weights, fp32 GEMM on the upcast weight;
+- each int8 backend (fbgemm, oneDNN) with fp32 activations in and out, and with bf16 in and out (what an
+  int8 model computing in bf16 runs), 8-bit activations; fbgemm with 7-bit ones (torch.ao's x86 default);
+- bf16: ``F.linear`` on bf16 weights (what a ``model.to(torch.bfloat16)`` runs) and oneDNN on prepacked ones;
 - fp32 ``F.linear``.
 
-With one thread the clock is the process's CPU time, which other jobs on the machine disturb less than
-wall time. docs/kernels.md quotes a run of this script.
+The row count where oneDNN overtakes fbgemm is the ``short_below`` threshold of the dispatch table
+(``optimum_int8/nn/kernels/dispatch.py``). With one thread the clock is the process's CPU time, which other
+jobs on the machine disturb less than wall time. docs/kernels.md quotes runs of this script.
 """
 
 import argparse
+import functools
 import statistics
 import time
 import warnings
 
 import torch
+
+from optimum_int8.nn import kernels
 
 SHAPES = ((1024, 1024), (1024, 4096), (4096, 1024))  # (in, out): attention projections, fc1, fc2
 
@@ -45,50 +47,27 @@ def interleaved_medians(candidates: dict, rounds: int, clock, budget_ms: float =
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def _int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    scale = weight.abs().amax(dim=1) / 127
-    codes = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    quantized = torch._make_per_channel_quantized_tensor(codes, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
-    return codes, scale, quantized
-
-
-def _prepack(quantized: torch.Tensor, bias: torch.Tensor, engine: str):
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    try:
-        return torch.ops.quantized.linear_prepack(quantized, bias)
-    finally:
-        torch.backends.quantized.engine = previous
-
-
 def candidates_for(rows: int, in_features: int, out_features: int) -> dict:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, in_features, generator=generator)
     weight = torch.randn(out_features, in_features, generator=generator) * 0.02
     bias = torch.randn(out_features, generator=generator)
-    codes, scale, quantized = _int8_weight(weight)
-    fbgemm, onednn = _prepack(quantized, bias, "x86"), _prepack(quantized, bias, "onednn")
-    codes_t = codes.t()
-
-    def per_token():
-        x_scale = x.abs().amax(dim=1, keepdim=True).div_(127).clamp_(min=1e-12)
-        x_codes = torch.round(x / x_scale).to(torch.int8)
-        return (torch._int_mm(x_codes, codes_t) * x_scale).mul_(scale).add_(bias)
-
-    x_codes = torch.round(x / x.abs().amax(dim=1, keepdim=True).div(127)).to(torch.int8)
+    scale = weight.abs().amax(dim=1) / 127
+    codes = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
     x_bf16, weight_bf16, bias_bf16 = x.bfloat16(), weight.bfloat16(), bias.bfloat16()
+    candidates = {}
+    for name, backend in kernels.BACKENDS.items():
+        if backend.unavailable_reason(kernels.capabilities.detect()) is not None:
+            continue
+        packed = backend.pack(codes, scale, bias)
+        candidates[f"int8 {name}"] = functools.partial(backend.linear, x, packed, False, torch.float32)
+        candidates[f"int8 {name} bf16"] = functools.partial(backend.linear, x_bf16, packed, False, torch.bfloat16)
+        if name == "fbgemm":
+            candidates["int8 fbgemm 7-bit"] = functools.partial(backend.linear, x, packed, True, torch.float32)
     prepacked_bf16 = torch.ops.mkldnn._reorder_linear_weight(weight_bf16, 1)
-    candidates = {
-        "int8 fbgemm 7-bit (ours)": lambda: torch.ops.quantized.linear_dynamic(x, fbgemm, True),
-        "int8 fbgemm 8-bit": lambda: torch.ops.quantized.linear_dynamic(x, fbgemm, False),
-        "int8 oneDNN 7-bit": lambda: torch.ops.quantized.linear_dynamic(x, onednn, True),
-        "int8 per-token _int_mm": per_token,
-        "_int_mm alone": lambda: torch._int_mm(x_codes, codes_t),
-        "bf16 F.linear": lambda: torch.nn.functional.linear(x.bfloat16(), weight_bf16, bias_bf16).float(),
-        "bf16 oneDNN prepacked": lambda: torch.ops.mkldnn._linear_pointwise(
-            x.bfloat16(), prepacked_bf16, bias_bf16, "none", [], "").float(),
-        "bf16 as fp32 (upcast)": lambda: torch.nn.functional.linear(
-            x_bf16.float(), weight_bf16.float(), bias_bf16.float()).bfloat16().float(),
+    candidates |= {
+        "bf16 F.linear": lambda: torch.nn.functional.linear(x_bf16, weight_bf16, bias_bf16),
+        "bf16 oneDNN prepacked": lambda: torch.ops.mkldnn._linear_pointwise(x_bf16, prepacked_bf16, bias_bf16, "none", [], ""),
         "fp32 F.linear": lambda: torch.nn.functional.linear(x, weight, bias),
     }
     return candidates
