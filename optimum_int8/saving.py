@@ -25,7 +25,6 @@ two concurrent saves the one that swaps last wins, whole. docs/format.md states 
 import contextlib
 import ctypes
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -34,6 +33,11 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: saves still stage and swap, but loads and swaps take no lock
+    fcntl = None
 
 from safetensors import SafetensorError
 
@@ -123,7 +127,13 @@ def _directory_lock(path: Path, exclusive: bool):
             yield False
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            except OSError as error:
+                if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                    raise
+                logger.debug(f"{path}: this filesystem has no flock; proceeding without the lock")
             locked, now = os.fstat(fd), None
             with contextlib.suppress(FileNotFoundError):
                 now = os.stat(path)
@@ -211,7 +221,7 @@ def _held_model(target: Path) -> str | None:
     if config_file.is_file():
         try:
             config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return "a config.json that is not valid JSON"
         quantization = config.get("quantization_config") if isinstance(config, dict) else None
         method = quantization.get("quant_method") if isinstance(quantization, dict) else None

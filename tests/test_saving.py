@@ -403,3 +403,16 @@ def test_a_file_linking_outside_the_checkpoint_is_not_carried_into_the_new_one(t
     new.save_pretrained(target)
     assert not (target / "tokenizer.json").exists() and not (target / "tokenizer.json").is_symlink()
     assert (target / "vocab-link.txt").is_symlink() and (target / "vocab-link.txt").read_text() == "w1\n"
+
+
+def test_a_filesystem_without_flock_still_loads_and_saves(workspace, models, monkeypatch):
+    target, snapshots, _ = workspace
+    _, new = models
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(saving.fcntl, "flock", no_locks)
+    INCModelForSeq2SeqLM.from_pretrained(target)
+    new.save_pretrained(target)
+    assert _snapshot(target) == snapshots["new"] and _leftovers(target) == []
