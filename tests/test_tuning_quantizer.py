@@ -1,5 +1,6 @@
 """End-to-end tuning runs with neural-compressor's autotune on tiny seeded models."""
 
+import re
 import warnings
 
 import datasets
@@ -330,3 +331,23 @@ def test_an_eval_fn_raising_at_the_first_int8_trial_has_nothing_to_keep():
 
     with pytest.raises(ValueError, match=r"int8 trial 1 \(the first\) failed: KeyError\('label'\); no int8 trial completed"):
         tune(model, eval_fn, tolerable_loss=0.01)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"tolerable_loss": -0.01}, "tolerable_loss must be a finite number >= 0, got -0.01"),
+    ({"tolerable_loss": float("inf")}, "tolerable_loss must be a finite number >= 0, got inf"),
+    ({"tolerable_loss": float("nan")}, "tolerable_loss must be a finite number >= 0, got nan"),
+    ({"tolerable_loss": "1%"}, "tolerable_loss must be a finite number >= 0, got '1%'"),
+    ({"tolerable_loss": 5.0}, "a relative loss above 100%"),
+    ({"max_trials": 0}, "max_trials must be an integer >= 1"),
+    ({"max_trials": True}, "max_trials must be an integer >= 1"),
+    ({"max_trials": 2.5}, "max_trials must be an integer >= 1"),
+    ({"timeout": -1}, "timeout must be a positive, finite number of seconds"),
+    ({"timeout": float("inf")}, "timeout must be a positive, finite number of seconds"),
+    ({"calibration_samples": 0}, "calibration_samples must be an integer >= 1"),
+], ids=["negative", "infinite", "nan", "string", "relative-500%", "no-trials", "bool-trials", "fractional-trials",
+        "negative-timeout", "infinite-timeout", "no-calibration"])
+def test_negative_or_absurd_tolerances_and_budgets_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TuningConfig(**kwargs)
+    assert TuningConfig(tolerable_loss=5.0, tolerance_mode="absolute").tolerable_loss == 5.0

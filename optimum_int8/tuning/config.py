@@ -1,11 +1,21 @@
 """``TuningConfig``: what accuracy-aware tuning aims for and what it may spend."""
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Callable
 
 from ..configuration import TOLERANCE_MODES
 
 FALLBACK_DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass
@@ -44,16 +54,21 @@ class TuningConfig:
     def __post_init__(self):
         if self.tolerance_mode not in TOLERANCE_MODES:
             raise ValueError(f"TuningConfig.tolerance_mode must be one of {TOLERANCE_MODES}, got {self.tolerance_mode!r}")
-        if not self.tolerable_loss >= 0:
-            raise ValueError(f"TuningConfig.tolerable_loss must be >= 0, got {self.tolerable_loss!r}")
-        if self.max_trials is not None and self.max_trials < 1:
-            raise ValueError(f"TuningConfig.max_trials must be >= 1 (or None for the search budget), got {self.max_trials}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError(f"TuningConfig.timeout must be a positive number of seconds, got {self.timeout}")
+        if not (_is_number(self.tolerable_loss) and 0 <= self.tolerable_loss < math.inf):
+            raise ValueError(f"TuningConfig.tolerable_loss must be a finite number >= 0, got {self.tolerable_loss!r}")
+        if self.tolerance_mode == "relative" and self.tolerable_loss > 1:
+            raise ValueError(
+                f"TuningConfig.tolerable_loss is {self.tolerable_loss!r}, a relative loss above 100%: every model passes. "
+                "Pass a fraction (0.01 = 1%), or tolerance_mode='absolute' for metric units."
+            )
+        if self.max_trials is not None and not (_is_integer(self.max_trials) and self.max_trials >= 1):
+            raise ValueError(f"TuningConfig.max_trials must be an integer >= 1 (or None for the search budget), got {self.max_trials!r}")
+        if self.timeout is not None and not (_is_number(self.timeout) and 0 < self.timeout < math.inf):
+            raise ValueError(f"TuningConfig.timeout must be a positive, finite number of seconds, got {self.timeout!r}")
+        if not (_is_integer(self.calibration_samples) and self.calibration_samples >= 1):
+            raise ValueError(f"TuningConfig.calibration_samples must be an integer >= 1, got {self.calibration_samples!r}")
         if self.fallback_dtype not in FALLBACK_DTYPE_CHOICES:
             raise ValueError(f"TuningConfig.fallback_dtype must be one of {FALLBACK_DTYPE_CHOICES}, got {self.fallback_dtype!r}")
-        if self.calibration_samples < 1:
-            raise ValueError(f"TuningConfig.calibration_samples must be >= 1, got {self.calibration_samples}")
 
     def loss(self, fp32_value: float, value: float, higher_is_better: bool) -> float:
         """How much worse ``value`` is than ``fp32_value`` in this config's mode (negative: better)."""
