@@ -14,7 +14,7 @@ import optimum_int8.tuning.quantizer as quantizer_module
 from conftest import TINY_ARCHS
 from optimum_int8 import INCModelForSequenceClassification, Int8Config, Int8DynamicLinear
 from optimum_int8.linear_modules import find_float_linears
-from optimum_int8.tuning import INCQuantizer, ToleranceNotMetWarning, TuningConfig, evaluation_budget
+from optimum_int8.tuning import EvalFnFailedWarning, INCQuantizer, ToleranceNotMetWarning, TuningConfig, evaluation_budget
 from optimum_int8.tuning.scheme import ALGO_NAME
 from word_tokenizer import word_tokenizer
 
@@ -309,7 +309,7 @@ def test_an_eval_fn_raising_mid_way_keeps_the_best_so_far_and_names_the_trial(tm
         return fidelity(candidate)
 
     quantizer = INCQuantizer(model)
-    with pytest.warns(driver_module.EvalFnFailedWarning, match=r"int8 trial 3 failed \(RuntimeError\('evaluation server went away'\)\)"):
+    with pytest.warns(EvalFnFailedWarning, match=r"int8 trial 3 failed \(RuntimeError\('evaluation server went away'\)\)"):
         qmodel = quantizer.quantize(tuning=TuningConfig(tolerable_loss=0.01, fallback_dtype="float32"), eval_fn=eval_fn,
                                     calibration_dataset=[calibration_inputs()], show_progress=False,
                                     save_directory=tmp_path / "int8")

@@ -5,13 +5,14 @@ neural-compressor.
 """
 
 from .config import TuningConfig
-from .driver import SearchOutcome, Trial
+from .driver import EvalFnFailedWarning, SearchOutcome, Trial
 from .quantizer import INCQuantizer, ToleranceNotMetWarning, cpu_has_native_bf16
 from .scheme import Int8DynamicFallbackConfig
 from .search import FallbackCountSearch, evaluation_budget
 from .sensitivity import rank_by_sensitivity
 
 __all__ = [
+    "EvalFnFailedWarning",
     "FallbackCountSearch",
     "INCQuantizer",
     "Int8DynamicFallbackConfig",
