@@ -111,6 +111,14 @@ def _kill(pid: int) -> None:
     os.waitpid(pid, 0)
 
 
+def _which(found, candidates: dict, when: str) -> str:
+    """The name of the candidate (old or new checkpoint files, or model outputs) ``found`` equals; fails on a mix."""
+    same = [kind for kind, candidate in candidates.items()
+            if (torch.equal(found, candidate) if isinstance(found, torch.Tensor) else found == candidate)]
+    assert same, f"{when}: neither the old nor the new checkpoint"
+    return same[0]
+
+
 def _leftovers(target: Path) -> list[str]:
     return sorted(p.name for p in target.parent.iterdir() if p.name != target.name)
 
@@ -129,7 +137,7 @@ def test_a_save_killed_at_any_step_leaves_the_old_or_the_new_checkpoint(workspac
             break
         steps.append(message)
         if target.exists():
-            state = next(kind for kind, snapshot in snapshots.items() if _snapshot(target) == snapshot)
+            state = _which(_snapshot(target), snapshots, f"after a kill at step {kill_at} ({message})")
         else:
             # Only without an atomic exchange: killed between its two renames, the old checkpoint waits
             # under its replaced name for the next load or save to put it back.
@@ -219,25 +227,31 @@ def test_leftovers_of_a_live_process_are_left_alone(workspace, models):
     assert live.is_dir() and other_host.is_dir()
 
 
-def test_loads_during_saves_see_the_old_or_the_new_model(workspace, models, bart):
+def test_loads_during_saves_see_the_old_or_the_new_model(workspace, models, bart, tmp_path):
     target, _, outputs = workspace
     old, new = models
+    started, stop = tmp_path / "started", tmp_path / "stop"
 
     def save_back_and_forth():
-        for model in (new, old) * 4:
+        for model in itertools.islice(itertools.cycle((new, old)), 500):
+            if stop.exists():
+                break
             model.save_pretrained(target)
+            started.touch()
 
     pid, read_end = _gated_child(save_back_and_forth, kill_at=0)
     seen = []
     try:
-        while not select.select([read_end], [], [], 0)[0]:
+        while not started.exists():
+            time.sleep(0.01)
+        for _ in range(6):  # every one of these loads overlaps saves of the other process
             output = run(INCModelForSeq2SeqLM.from_pretrained(target), bart.inputs())
-            seen.append(next(kind for kind, expected in outputs.items() if torch.equal(output, expected)))
-        assert os.read(read_end, 4096) == b"done"
+            seen.append(_which(output, outputs, "a load during saves"))
+        stop.touch()
+        assert _wait_for(pid, read_end) == "done"
     finally:
-        os.close(read_end)
         _kill(pid)
-    assert len(seen) >= 2 and _leftovers(target) == []
+    assert len(seen) == 6 and _leftovers(target) == []
 
 
 def test_two_concurrent_saves_one_wins_whole(workspace, models):
