@@ -11,8 +11,9 @@ import importlib
 import sys
 
 # What a user's input or environment causes: files, directories, disks, the Hub (OSError), and
-# malformed configs, checkpoints, data or arguments (ValueError and its Config/Checkpoint errors).
-USER_ERRORS = (OSError, ValueError)
+# malformed configs, checkpoints, data or arguments (ValueError and its Config/Checkpoint errors; KeyError
+# for a dataset column that is not there).
+USER_ERRORS = (OSError, ValueError, KeyError)
 USER_ERROR_EXIT_CODE = 2
 _MESSAGE_LIMIT = 1000
 
@@ -42,7 +43,8 @@ def run_command(run, args, prog: str) -> int:
     except USER_ERRORS as error:
         if getattr(args, "debug", False):
             raise
-        message = " ".join(str(error).split()) or type(error).__name__
+        text = error.args[0] if isinstance(error, KeyError) and error.args else error  # KeyError's str() is a repr
+        message = " ".join(str(text).split()) or type(error).__name__
         if len(message) > _MESSAGE_LIMIT:
             message = message[:_MESSAGE_LIMIT] + " ..."
         print(f"{prog}: error: {message}", file=sys.stderr)

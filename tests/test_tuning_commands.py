@@ -195,3 +195,27 @@ def test_a_model_directory_without_a_tokenizer_is_named_not_evaluated_on_unk(mod
     assert cli.main(["quantize", str(model_dir), "--task", "text-classification", "--dataset", str(data),
                      "--column", "text=review", "--column", "label=stars", "-o", str(tmp_path / "int8")]) == 2
     _one_line_error(capsys, "tokenizer")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("", "is empty (0 bytes)"),
+    ("review,stars\n", "has no rows"),
+    ("review,stars\ngood cat,7\n", "label 7 (column 'stars') is not one of the model's 3 labels 0..2"),
+    ("words,stars\ngood cat,1\n", "no column for 'text'"),
+], ids=["zero-byte", "header-only", "label-outside", "missing-column"])
+def test_bad_evaluation_data_is_one_line_naming_file_or_column(model_and_data, tmp_path, capsys, content, message):
+    model_dir, _ = model_and_data
+    data = tmp_path / "bad.csv"
+    data.write_text(content)
+    assert cli.main(["evaluate", str(model_dir), "--task", "text-classification", "--dataset", str(data),
+                     "--column", "label=stars"] + (["--column", "text=review"] if "review" in content else [])) == 2
+    error = _one_line_error(capsys, message)
+    assert "bad.csv" in error or "column" in error
+
+
+def test_garbage_json_evaluation_data_is_named(model_and_data, tmp_path, capsys):
+    model_dir, _ = model_and_data
+    data = tmp_path / "bad.json"
+    data.write_text("{not json")
+    assert cli.main(["evaluate", str(model_dir), "--task", "text-classification", "--dataset", str(data)]) == 2
+    _one_line_error(capsys, "bad.json is not a readable json file")

@@ -25,8 +25,20 @@ def load_eval_dataset(source, split: str | None = None):
     suffix = path.suffix.lower()
     if suffix not in DATA_FILE_BUILDERS:
         raise ValueError(f"{path}: unsupported data file type {suffix!r}; use one of {sorted(DATA_FILE_BUILDERS)}.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"evaluation data file {path} is empty (0 bytes).")
     kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
-    return datasets.load_dataset(DATA_FILE_BUILDERS[suffix], data_files=str(path), split="train", **kwargs)
+    try:
+        dataset = datasets.load_dataset(DATA_FILE_BUILDERS[suffix], data_files=str(path), split="train", **kwargs)
+    except Exception as error:  # datasets' builders raise their own errors (or StopIteration) on malformed files
+        cause = error.__cause__ or error
+        detail = " ".join(str(cause).split())[:200] or type(cause).__name__
+        if "corresponds to no data" in detail:  # a csv/tsv file with a header line only
+            raise ValueError(f"evaluation data file {path} has no rows.") from error
+        raise ValueError(f"evaluation data file {path} is not a readable {suffix[1:]} file: {detail}") from error
+    if len(dataset) == 0:
+        raise ValueError(f"evaluation data file {path} has no rows (columns: {dataset.column_names}).")
+    return dataset
 
 
 

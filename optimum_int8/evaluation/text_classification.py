@@ -24,16 +24,22 @@ class TextClassification(TaskEvaluation):
         return logits.argmax(-1).tolist()
 
     def references(self, evaluator, model, rows):
-        return [self._label_id(model, evaluator.column(row, "label")) for row in rows]
+        return [self._label_id(model, evaluator.column(row, "label"), evaluator.columns["label"]) for row in rows]
 
     @staticmethod
-    def _label_id(model, label) -> int:
+    def _label_id(model, label, column: str) -> int:
         if isinstance(label, str):
             label2id = getattr(model.config, "label2id", None) or {}
             if label not in label2id:
-                raise KeyError(f"label {label!r} is not in model.config.label2id {label2id}.")
+                raise KeyError(f"label {label!r} is not in model.config.label2id {label2id} (column {column!r}).")
             return int(label2id[label])
-        return int(label)
+        num_labels = model.config.num_labels
+        if isinstance(label, float) and label.is_integer():
+            label = int(label)
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_labels:
+            raise ValueError(f"label {label!r} (column {column!r}) is not one of the model's {num_labels} labels "
+                             f"0..{num_labels - 1}; the dataset and the model do not belong together.")
+        return label
 
     def reduce(self, evaluator, model, predictions, references):
         num_labels = max(model.config.num_labels, 2)
