@@ -50,8 +50,7 @@ def unpack(packed: OnednnWeight) -> tuple[torch.Tensor, torch.Tensor]:
 
 def linear(x: torch.Tensor, packed: OnednnWeight, reduce_range: bool, out_dtype: torch.dtype) -> torch.Tensor:
     codes, scale, zero_point = activation_quantization.quantize(x, 127 if reduce_range else 255)
-    op = torch.ops.onednn.qlinear_pointwise.tensor if isinstance(scale, torch.Tensor) else torch.ops.onednn.qlinear_pointwise
-    return op(
+    return torch.ops.onednn.qlinear_pointwise(
         codes, scale, zero_point, packed.weight, packed.weight_scale, packed.weight_zero_point, packed.bias,
         1.0, 0, out_dtype, "none", [], "",
     )
