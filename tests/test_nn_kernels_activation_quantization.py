@@ -23,6 +23,14 @@ def test_codes_are_torch_quantize_per_tensor_over_the_range_with_zero(dtype, qma
     assert ((codes.float() - zero_point) * scale - x.float()).abs().max() <= scale / 2 * 1.001
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_non_contiguous_inputs_give_the_codes_of_their_values(dtype):
+    x = _activation(dtype, (64, 2, 96)).transpose(0, 1)
+    codes, scale, zero_point = aq.quantize(x, 255)
+    assert codes.shape == x.shape and codes.is_contiguous()
+    assert torch.equal(codes, torch.quantize_per_tensor(x.float().contiguous(), scale, zero_point, torch.quint8).int_repr())
+
+
 def test_an_all_zero_input_gets_a_usable_scale():
     codes, scale, zero_point = aq.quantize(torch.zeros(3, 8, dtype=torch.bfloat16), 255)
     assert scale == 1.0 and zero_point == 0 and not codes.any()

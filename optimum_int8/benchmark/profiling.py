@@ -12,7 +12,9 @@ import torch
 
 # Operator name prefixes, first match wins.
 CATEGORIES = (
-    ("int8 GEMM", ("quantized::linear", "aten::_int_mm", "quantized::")),
+    ("int8 GEMM", ("quantized::linear", "aten::_int_mm", "quantized::", "onednn::qlinear")),
+    ("activation quantization", ("aten::aminmax", "aten::quantize_per_tensor", "aten::int_repr", "aten::item",
+                                 "aten::_local_scalar_dense")),
     ("float GEMM", ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise", "aten::linear")),
     ("attention", ("aten::_scaled_dot_product", "aten::scaled_dot_product", "aten::bmm", "aten::_softmax",
                    "aten::softmax", "aten::baddbmm")),
