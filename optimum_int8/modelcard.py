@@ -29,7 +29,8 @@ METHOD_SENTENCES = {
     SCHEME_INT8_DYNAMIC: (
         "Dynamic int8 quantization with optimum-int8: each int8 "
         "Linear module stores its weight as int8 with one fp32 scale per output channel, and quantizes its input "
-        "activations to int8 on the fly at every call (torch's x86/fbgemm int8 kernels, for CPUs)."
+        "activations to int8 on the fly at every call (on x86 CPUs: oneDNN's int8 kernels on AMX, fbgemm's elsewhere "
+        "and for decoding)."
     ),
 }
 DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
