@@ -148,3 +148,24 @@ def test_capabilities_override_is_scoped():
     with capabilities.overridden(CpuCapabilities(avx2=True)):
         assert kernels.plan().backend == "fbgemm" and kernels.plan().reduce_range
     assert capabilities.current() == before
+
+
+def test_a_bf16_model_saves_its_float_tensors_in_their_fp32_dtype(tmp_path):
+    from safetensors import safe_open
+
+    arch = TINY_ARCHS["bart"]
+    fp32 = arch.build()
+    qmodel = quantize_model(arch.build(), Int8Config(compute_dtype="bfloat16"))
+    assert qmodel.get_input_embeddings().weight.dtype == torch.bfloat16
+    qmodel.save_pretrained(tmp_path / "int8")
+    with safe_open(str(tmp_path / "int8" / "model.safetensors"), framework="pt") as handle:
+        embedding = handle.get_tensor("model.shared.weight")
+        norm = handle.get_tensor("model.encoder.layernorm_embedding.weight")
+    # fp32 in the file, holding exactly the bf16 values that ran: the format does not depend on the CPU.
+    assert embedding.dtype == norm.dtype == torch.float32
+    assert torch.equal(embedding, fp32.get_input_embeddings().weight.detach().to(torch.bfloat16).float())
+    reloaded = arch.inc_class.from_pretrained(tmp_path / "int8")
+    assert torch.equal(run(reloaded, arch.inputs()), run(qmodel, arch.inputs()))
+    runtime.configure(qmodel, compute_dtype="float32")
+    assert qmodel.get_input_embeddings().weight.dtype == torch.float32
+    assert "model.shared.weight" in qmodel.state_dict() and qmodel.state_dict()["model.shared.weight"].dtype == torch.float32

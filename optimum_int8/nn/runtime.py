@@ -4,8 +4,8 @@ On CPUs with AMX-BF16 the default is to compute in bf16, as ``model.to(torch.bfl
 parameters that are not fallbacks (embeddings, norms) become bf16, int8 kernels take and write bf16, and the
 whole model runs on the bf16 paths transformers already supports. A float32 fallback keeps its fp32 weight
 and computes in fp32 (its input is cast up and its output back to bf16). Elsewhere the model computes in
-fp32, where bf16 is emulated or slower than fp32 (docs/kernels.md). A bf16 model saves what it runs: its
-embeddings and norms in bf16, the int8 and fallback tensors as always.
+fp32, where bf16 is emulated or slower than fp32 (docs/kernels.md). Saving writes the cast tensors in the
+dtype they had (fp32, exactly upcast from what runs), so the checkpoint format never depends on the CPU.
 """
 
 import dataclasses
@@ -27,6 +27,8 @@ _FLOAT_FALLBACK_TYPES = (nn.Linear, Conv1D)
 _CAST_HOOKS = "_optimum_int8_fallback_casts"
 _OUTPUT_DTYPE = "_optimum_int8_output_dtype"
 _COMPUTE_DTYPE = "_optimum_int8_compute_dtype"
+_SAVED_DTYPES = "_optimum_int8_saved_dtypes"
+_SAVED_DTYPE = "_optimum_int8_saved_dtype"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,24 +98,46 @@ def _output_to_compute_dtype(module: nn.Module, args, output):
     return None
 
 
+def _state_dict_in_saved_dtypes(module: nn.Module, state_dict, prefix, local_metadata) -> None:
+    for name, dtype in module.__dict__[_SAVED_DTYPES].items():
+        key = prefix + name
+        if key in state_dict and state_dict[key].dtype != dtype:
+            state_dict[key] = state_dict[key].to(dtype)
+
+
 def _cast_float_tensors(module: nn.Module, dtype: torch.dtype, keep: set[int]) -> None:
     """Cast ``module``'s own float parameters and buffers (not its children's) to ``dtype``, except those in
     ``keep`` (ids of tensors an fp32 fallback shares, e.g. an embedding tied to an fp32 lm_head): a module
-    holding one of those casts its output instead."""
+    holding one of those casts its output instead. Each cast tensor remembers the dtype it was loaded in,
+    and the state dict writes it back in that dtype, so the checkpoint format stays the same."""
     for handle in module.__dict__.pop(_CAST_HOOKS, ()):
         handle.remove()
-    kept = False
+    module.__dict__.pop(_SAVED_DTYPES, None)
+    kept, recorded = False, {}
     for tensors in (module._parameters, module._buffers):
-        for tensor in tensors.values():
+        for name, tensor in tensors.items():
             if tensor is None or not tensor.is_floating_point() or tensor.is_meta:
                 continue
             if id(tensor) in keep:
                 kept = True
-            elif tensor.dtype != dtype:
+                continue
+            saved = getattr(tensor, _SAVED_DTYPE, tensor.dtype)
+            if tensor.dtype != dtype:
                 tensor.data = tensor.data.to(dtype)
+            if saved == dtype:
+                tensor.__dict__.pop(_SAVED_DTYPE, None)
+            else:
+                setattr(tensor, _SAVED_DTYPE, saved)
+                recorded[name] = saved
+    hooks = []
     if kept and dtype != torch.float32:
         module.__dict__[_COMPUTE_DTYPE] = dtype
-        module.__dict__[_CAST_HOOKS] = (module.register_forward_hook(_output_to_compute_dtype),)
+        hooks.append(module.register_forward_hook(_output_to_compute_dtype))
+    if recorded:
+        module.__dict__[_SAVED_DTYPES] = recorded
+        hooks.append(module.register_state_dict_post_hook(_state_dict_in_saved_dtypes))
+    if hooks:
+        module.__dict__[_CAST_HOOKS] = tuple(hooks)
 
 
 def configure(model: nn.Module, kernel: str | None = "auto", reduce_range: bool | None = None,
