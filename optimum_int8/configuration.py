@@ -20,6 +20,17 @@ FALLBACK_DTYPES = ("float32", "bfloat16")
 TOLERANCE_MODES = ("relative", "absolute")
 
 
+def metric_loss(fp32_value: float, value: float, higher_is_better: bool, mode: str = "relative") -> float:
+    """How much worse ``value`` is than ``fp32_value`` (negative: better), as the raw difference
+    (``"absolute"``) or relative to ``|fp32_value|``: the one rule the tuner, its record and the card use."""
+    worse_by = fp32_value - value if higher_is_better else value - fp32_value
+    if mode == "absolute":
+        return worse_by
+    if fp32_value == 0:
+        raise ValueError("the fp32 metric value is 0, so a relative loss is undefined; use tolerance_mode='absolute'.")
+    return worse_by / abs(fp32_value)
+
+
 class ConfigError(ValueError):
     """A quantization_config (or one of its parts) is malformed."""
 

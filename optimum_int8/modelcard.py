@@ -15,7 +15,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.models.auto import modeling_auto
 
 from . import checkpoint
-from .configuration import QUANT_METHOD, SCHEME_INT8_DYNAMIC, Int8Config
+from .configuration import QUANT_METHOD, SCHEME_INT8_DYNAMIC, Int8Config, metric_loss
 
 CARD_NAME = "README.md"
 GENERATED_MARKER = (
@@ -173,9 +173,10 @@ def _fallback_section(config: Int8Config) -> str:
 
 
 def _tolerance_sentence(record) -> str:
-    loss = record.fp32_value - record.int8_value if record.higher_is_better else record.int8_value - record.fp32_value
+    loss = metric_loss(record.fp32_value, record.int8_value, record.higher_is_better, "absolute")
     if record.tolerance_mode == "relative":
-        loss = loss / abs(record.fp32_value) if record.fp32_value else float("inf") if loss > 0 else 0.0
+        loss = metric_loss(record.fp32_value, record.int8_value, record.higher_is_better) if record.fp32_value \
+            else float("inf") if loss > 0 else 0.0
         observed, tolerance = f"{loss:.2%}", f"{record.tolerance:.2%}"
     else:
         observed, tolerance = f"{loss:.4g}", f"{record.tolerance:g}"

@@ -161,9 +161,12 @@ def test_a_bf16_model_saves_its_float_tensors_in_their_fp32_dtype(tmp_path):
     with safe_open(str(tmp_path / "int8" / "model.safetensors"), framework="pt") as handle:
         embedding = handle.get_tensor("model.shared.weight")
         norm = handle.get_tensor("model.encoder.layernorm_embedding.weight")
+        stored = set(handle.keys())
     # fp32 in the file, holding exactly the bf16 values that ran: the format does not depend on the CPU.
     assert embedding.dtype == norm.dtype == torch.float32
     assert torch.equal(embedding, fp32.get_input_embeddings().weight.detach().to(torch.bfloat16).float())
+    # The embedding the encoder and decoder share is stored once, as transformers stores a tied weight.
+    assert "model.encoder.embed_tokens.weight" not in stored and "model.decoder.embed_tokens.weight" not in stored
     reloaded = arch.inc_class.from_pretrained(tmp_path / "int8")
     assert torch.equal(run(reloaded, arch.inputs()), run(qmodel, arch.inputs()))
     runtime.configure(qmodel, compute_dtype="float32")

@@ -9,6 +9,7 @@ dtype they had (fp32, exactly upcast from what runs), so the checkpoint format n
 """
 
 import dataclasses
+import weakref
 
 import torch
 from torch import nn
@@ -98,11 +99,24 @@ def _output_to_compute_dtype(module: nn.Module, args, output):
     return None
 
 
+# Upcast copies handed to state dicts, by the tensor they copy: a tensor tied under several names (an
+# embedding shared by encoder and decoder) must come out as one tensor, or savers store it once per name.
+# Weak values: a copy lives only as long as the state dict holding it.
+_UPCASTS: "weakref.WeakValueDictionary[tuple, torch.Tensor]" = weakref.WeakValueDictionary()
+
+
 def _state_dict_in_saved_dtypes(module: nn.Module, state_dict, prefix, local_metadata) -> None:
     for name, dtype in module.__dict__[_SAVED_DTYPES].items():
         key = prefix + name
-        if key in state_dict and state_dict[key].dtype != dtype:
-            state_dict[key] = state_dict[key].to(dtype)
+        tensor = state_dict.get(key)
+        if tensor is None or tensor.dtype == dtype:
+            continue
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), dtype)
+        upcast = _UPCASTS.get(identity)
+        if upcast is None:
+            upcast = tensor.to(dtype)
+            _UPCASTS[identity] = upcast
+        state_dict[key] = upcast
 
 
 def _cast_float_tensors(module: nn.Module, dtype: torch.dtype, keep: set[int]) -> None:

@@ -5,7 +5,7 @@ import math
 import numbers
 from collections.abc import Callable
 
-from ..configuration import TOLERANCE_MODES
+from ..configuration import TOLERANCE_MODES, metric_loss
 
 FALLBACK_DTYPE_CHOICES = ("auto", "float32", "bfloat16")
 
@@ -72,11 +72,4 @@ class TuningConfig:
 
     def loss(self, fp32_value: float, value: float, higher_is_better: bool) -> float:
         """How much worse ``value`` is than ``fp32_value`` in this config's mode (negative: better)."""
-        worse_by = fp32_value - value if higher_is_better else value - fp32_value
-        if self.tolerance_mode == "absolute":
-            return worse_by
-        if fp32_value == 0:
-            raise ValueError(
-                "the fp32 metric value is 0, so a relative loss is undefined; use tolerance_mode='absolute'."
-            )
-        return worse_by / abs(fp32_value)
+        return metric_loss(fp32_value, value, higher_is_better, self.tolerance_mode)

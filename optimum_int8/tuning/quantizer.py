@@ -11,7 +11,7 @@ import transformers
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from .. import linear_modules, saving
-from ..configuration import Int8Config, TuningRecord, library_versions
+from ..configuration import Int8Config, TuningRecord, library_versions, metric_loss
 from ..nn import kernels
 from ..evaluation import TaskEvaluator, distributed, higher_is_better
 from ..legacy import find_legacy_checkpoint
@@ -242,9 +242,7 @@ class INCQuantizer:
     @staticmethod
     def _record(outcome: SearchOutcome, tuning: TuningConfig, metric_name: str, direction: bool) -> TuningRecord:
         fp32_value, chosen = outcome.fp32_value, outcome.chosen
-        relative = None
-        if fp32_value != 0:
-            relative = (fp32_value - chosen.value if direction else chosen.value - fp32_value) / abs(fp32_value)
+        relative = metric_loss(fp32_value, chosen.value, direction) if fp32_value != 0 else None
         dtypes = {dtype for dtype in outcome.fallback_modules.values()}
         return TuningRecord(
             metric=metric_name,
