@@ -172,3 +172,16 @@ def test_a_bf16_model_saves_its_float_tensors_in_their_fp32_dtype(tmp_path):
     runtime.configure(qmodel, compute_dtype="float32")
     assert qmodel.get_input_embeddings().weight.dtype == torch.float32
     assert "model.shared.weight" in qmodel.state_dict() and qmodel.state_dict()["model.shared.weight"].dtype == torch.float32
+
+
+def test_model_to_bfloat16_on_an_int8_model_runs_and_saves_the_format(tmp_path):
+    arch = TINY_ARCHS["bart"]
+    qmodel = quantize_model(arch.build(), Int8Config(compute_dtype="float32", modules_in_bf16=["lm_head"])).to(torch.bfloat16)
+    reference = run(arch.build(), arch.inputs())
+    output = run(qmodel, arch.inputs())
+    assert output.dtype == torch.bfloat16
+    assert nn.functional.cosine_similarity(output.float().flatten(), reference.flatten(), dim=0) > 0.99
+    assert all(m.bias.dtype == torch.float32 for m in _int8_modules(qmodel) if m.bias is not None)
+    qmodel.save_pretrained(tmp_path / "int8")
+    loaded = arch.inc_class.from_pretrained(tmp_path / "int8")
+    assert nn.functional.cosine_similarity(run(loaded, arch.inputs()).float().flatten(), reference.flatten(), dim=0) > 0.99

@@ -26,6 +26,14 @@ class PackedLinear(nn.Module):
         self._packed = None
         self.compute_dtype: torch.dtype | None = None
 
+    def _apply(self, fn, recurse=True):
+        """``model.to(dtype)`` and the like leave the bias in ``bias_dtype``: the checkpoint format stores it so,
+        and the packed weight holds its own copy; the module then simply returns the dtype it is given."""
+        super()._apply(fn, recurse)
+        if self.bias is not None and self.bias.dtype != self.bias_dtype and self.bias.is_floating_point():
+            self.bias.data = self.bias.data.to(self.bias_dtype)
+        return self
+
     @staticmethod
     def weight_layout(out_features: int, in_features: int) -> dict:
         raise NotImplementedError
