@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from optimum_int8.nn import kernels
-from optimum_int8.nn.kernels import CpuCapabilities, KernelPlan, KernelUnavailableError, capabilities, dispatch
+from optimum_int8.nn.kernels import CpuCapabilities, KernelPlan, KernelUnavailableError, capabilities
 
 AMX = CpuCapabilities(avx2=True, avx512=True, avx512_vnni=True, avx512_bf16=True, amx_int8=True, amx_bf16=True)
 VNNI = CpuCapabilities(avx2=True, avx512=True, avx512_vnni=True)
