@@ -4,7 +4,7 @@ Linear layers run ``torch._int_mm`` (int8 x int8 -> int32, oneDNN's VNNI kernel 
 transposed and contiguous, the layout that kernel is fastest with. The two attention products (Q.K^T and
 probabilities.V) are small batched products that torch has no integer kernel for on CPU: they run on fp32
 ``bmm``, which is exact here because every operand and every partial sum is an integer below 2**24 in
-magnitude (see ``integer_bmm``). Kept apart from ``kernels.py``, which serves the dynamic int8 scheme.
+magnitude (see ``integer_bmm``). Kept apart from the ``kernels`` package, which serves the dynamic int8 scheme.
 """
 
 import torch
