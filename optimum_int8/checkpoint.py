@@ -41,7 +41,7 @@ def read_tensor_headers(checkpoint_files) -> dict[str, tuple[str, str, list[int]
     return headers
 
 
-_SAFETENSORS_DTYPES = {torch.int8: "I8", torch.float32: "F32", torch.bfloat16: "BF16"}
+_SAFETENSORS_DTYPES = {torch.int8: "I8", torch.int32: "I32", torch.float32: "F32", torch.bfloat16: "BF16"}
 
 
 def _expect(headers, key, dtype, shape, precision, manifest_source):
@@ -139,7 +139,7 @@ def validate_float_tensors(headers, model_shapes: dict, module_types: dict, conv
 def validate_values(module_name: str, tensors: dict, files: dict, legacy_codes: bool = False) -> None:
     """Values the format allows in one converted module's tensors ``{suffix: tensor}``: int8 codes in
     [-127, 127] (``legacy_codes``: [-128, 127], as the old INC stack quantized), finite float tensors,
-    scales in ``SCALE_RANGE``. ``files`` maps tensor names to files."""
+    scales in ``SCALE_RANGE``, activation zero points in [0, 255]. ``files`` maps tensor names to files."""
     for suffix, tensor in tensors.items():
         key = f"{module_name}.{suffix}"
         where = f"{files[key]}: " if key in files else ""
@@ -152,6 +152,11 @@ def validate_values(module_name: str, tensors: dict, files: dict, legacy_codes: 
                     "format's symmetric codes are [-127, 127]. The file is corrupt or was not written by optimum-int8."
                 )
             continue
+        if suffix.endswith("zero_point") and tensor.numel() and not 0 <= int(tensor.min()) <= int(tensor.max()) <= 255:
+            raise CheckpointError(
+                f"{where}tensor {key!r} holds zero point {int(tensor.min())}..{int(tensor.max())}, outside the uint8 "
+                "range [0, 255]; the file is corrupt."
+            )
         if not tensor.is_floating_point():
             continue
         finite = torch.isfinite(tensor)

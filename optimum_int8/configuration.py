@@ -8,14 +8,17 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .nn.kernels import KERNEL_CHOICES
 from .nn.runtime import COMPUTE_DTYPE_CHOICES
+from .schemes import CALIBRATION_NONE, CALIBRATION_REQUIRED, SCHEMES, get_scheme
 
 QUANT_METHOD = "optimum_int8"
 # 2 added the runtime choices (kernel, compute_dtype, reduce_range); the tensors are those of version 1.
-FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+# 3 added the per-token, static and weight-only schemes: per-module schemes and the calibration record in the
+# manifest, and the static and smoothing tensors (input_scale, input_zero_point, smooth_scale).
+FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 SCHEME_INT8_DYNAMIC = "int8_dynamic"
 SCHEME_IBERT = "ibert"
-SUPPORTED_SCHEMES = (SCHEME_INT8_DYNAMIC, SCHEME_IBERT)
+DEFAULT_SCHEME = SCHEME_INT8_DYNAMIC
 FALLBACK_DTYPES = ("float32", "bfloat16")
 TOLERANCE_MODES = ("relative", "absolute")
 
@@ -147,6 +150,41 @@ class TuningRecord:
 
 
 @dataclasses.dataclass
+class CalibrationRecord:
+    """How a calibrated scheme measured its activations (written when quantizing with calibration data)."""
+
+    samples: int
+    observer: str | None = None
+    # the configured SmoothQuant alpha (a number, or "auto"), null without smoothing
+    smoothquant_alpha: float | str | None = None
+    # "auto": the alpha chosen per module
+    module_alphas: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self, where: str = "manifest.calibration"):
+        _check_fields(where, self.__dict__, {"samples": "count", "observer": "string"}, {"observer"})
+        _check_smoothquant_alpha(f"{where}.smoothquant_alpha", self.smoothquant_alpha)
+        if not isinstance(self.module_alphas, dict) or not all(
+            isinstance(k, str) and _is_number(v) for k, v in self.module_alphas.items()
+        ):
+            raise ConfigError(f"{where}.module_alphas must be an object of numbers, got {_short(self.module_alphas)}")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "manifest.calibration") -> "CalibrationRecord":
+        _check_keys(where, data, {f.name for f in dataclasses.fields(cls)}, {"samples"})
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_smoothquant_alpha(where: str, alpha) -> None:
+    if alpha is None or alpha == "auto":
+        return
+    if not _is_number(alpha) or not 0 <= alpha <= 1:
+        raise ConfigError(f"{where} must be a number in [0, 1], \"auto\" or null, got {_short(alpha)}")
+
+
+@dataclasses.dataclass
 class FallbackManifest:
     """Exactly which Linear modules are int8 and which were kept in float (and in which dtype)."""
 
@@ -160,15 +198,27 @@ class FallbackManifest:
     # setting: the config's kernel/compute_dtype decide how it runs when loaded).
     kernel: str | None = None
     compute_dtype: str | None = None
+    # int8 modules whose scheme is not the config's (a tuner's repair): {module name: scheme name}
+    module_schemes: dict[str, str] = dataclasses.field(default_factory=dict)
+    calibration: CalibrationRecord | None = None
 
     _KINDS = {"int8_modules": "names", "fallback_modules": "string map", "created_with": "string map",
-              "activation_scales": "scale map", "kernel": "string", "compute_dtype": "string"}
+              "activation_scales": "scale map", "kernel": "string", "compute_dtype": "string",
+              "module_schemes": "string map"}
     _OPTIONAL = {"kernel", "compute_dtype"}
 
     def __post_init__(self, where: str = "manifest"):
         _check_fields(where, self.__dict__, self._KINDS, self._OPTIONAL)
         if self.tuning is not None and not isinstance(self.tuning, TuningRecord):
             raise ConfigError(f"{where}.tuning must be a tuning record object or null, got {_short(self.tuning)}")
+        if self.calibration is not None and not isinstance(self.calibration, CalibrationRecord):
+            raise ConfigError(f"{where}.calibration must be a calibration record object or null, got {_short(self.calibration)}")
+        for name, scheme in self.module_schemes.items():
+            if scheme not in SCHEMES or SCHEMES[scheme].module_class is None:
+                raise ConfigError(f"{where}.module_schemes[{_short(name)}] is {_short(scheme)}; a module's scheme must be "
+                                  f"one of {[n for n, s in SCHEMES.items() if s.module_class is not None]}")
+            if name not in self.int8_modules:
+                raise ConfigError(f"{where}.module_schemes names {_short(name)}, which is not in {where}.int8_modules")
         for name, points in self.activation_scales.items():
             if not all(_is_number(v) and 0 < v < float("inf") for v in points.values()):
                 raise ConfigError(f"{where}.activation_scales[{_short(name)}] must map points to positive finite scales, got {_short(points)}")
@@ -188,19 +238,27 @@ class FallbackManifest:
         data = dict(data)
         if data.get("tuning") is not None:
             data["tuning"] = TuningRecord.from_dict(data["tuning"], f"{where}.tuning")
+        if data.get("calibration") is not None:
+            data["calibration"] = CalibrationRecord.from_dict(data["calibration"], f"{where}.calibration")
         return cls(**data)
+
+    def scheme_of(self, module_name: str, config_scheme: str) -> str:
+        """The scheme of one int8 module: its own, or the config's."""
+        return self.module_schemes.get(module_name, config_scheme)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["tuning"] = self.tuning.to_dict() if self.tuning is not None else None
-        for optional in ("activation_scales", "kernel", "compute_dtype"):
+        data["calibration"] = self.calibration.to_dict() if self.calibration is not None else None
+        for optional in ("activation_scales", "kernel", "compute_dtype", "module_schemes", "calibration"):
             if not data[optional]:
                 del data[optional]
         return data
 
 
 class Int8Config(QuantizationConfigMixin):
-    """Dynamic int8 quantization of every Linear module except the fallbacks kept in float.
+    """int8 quantization of every Linear module except the fallbacks kept in float, with one of the schemes of
+    ``optimum_int8.schemes`` (docs/schemes.md).
 
     Args:
         modules_in_fp32: module names to keep in fp32, exact (``"lm_head"``) or fnmatch globs
@@ -209,8 +267,14 @@ class Int8Config(QuantizationConfigMixin):
             fallback, fast on CPUs with AVX-512 BF16 or AMX. A module may not be named in both lists.
         manifest: filled in when the model is quantized; lists the exact module names. A config read
             from a checkpoint always has one.
-        scheme: ``"int8_dynamic"`` (the above) or ``"ibert"``: integer-only BERT/RoBERTa/I-BERT encoders
-            with static activation scales from calibration data (docs/ibert.md).
+        scheme: ``"int8_dynamic"`` (activations per tensor per call), ``"int8_per_token"`` (per token),
+            ``"int8_static"`` (calibrated scales: needs ``calibration_data``), ``"int8_weight_only"`` (float
+            activations) or ``"ibert"`` (integer-only BERT/RoBERTa/I-BERT encoders, docs/ibert.md).
+        module_schemes: ``{module name or glob: scheme}`` for modules that take another Linear scheme than
+            ``scheme`` (e.g. the most sensitive ones in ``"int8_weight_only"``).
+        smoothquant_alpha: SmoothQuant's migration strength in [0, 1], or ``"auto"`` (searched per module on
+            the calibration data), for the per-token and static schemes; None: no smoothing.
+        observer: how the static scheme sets its activation ranges: ``"minmax"`` or ``"histogram"``.
         kernel: the int8 GEMM backend, ``"auto"`` (per CPU and input rows, docs/kernels.md), ``"fbgemm"`` or
             ``"onednn"``. The environment variable ``OPTIMUM_INT8_KERNEL`` overrides ``"auto"``.
         compute_dtype: what the non-int8 parts compute in: ``"auto"`` (bf16 on CPUs with AMX-BF16, else
@@ -224,7 +288,10 @@ class Int8Config(QuantizationConfigMixin):
         modules_in_fp32: list[str] | None = None,
         modules_in_bf16: list[str] | None = None,
         manifest: FallbackManifest | dict | None = None,
-        scheme: str = SCHEME_INT8_DYNAMIC,
+        scheme: str = DEFAULT_SCHEME,
+        module_schemes: dict[str, str] | None = None,
+        smoothquant_alpha: float | str | None = None,
+        observer: str | None = None,
         kernel: str = "auto",
         compute_dtype: str = "auto",
         reduce_range: bool | None = None,
@@ -246,12 +313,30 @@ class Int8Config(QuantizationConfigMixin):
             )
         if reduce_range not in (None, True, False):
             raise ConfigError(f"quantization_config.reduce_range must be true, false or null, got {reduce_range!r}")
-        if scheme not in SUPPORTED_SCHEMES:
-            raise ConfigError(f"quantization_config.scheme is {scheme!r}; supported schemes are {SUPPORTED_SCHEMES}")
-        if scheme == SCHEME_IBERT and (modules_in_fp32 or modules_in_bf16):
+        if not isinstance(scheme, str) or scheme not in SCHEMES:
+            raise ConfigError(f"quantization_config.scheme is {_short(scheme)}; supported schemes are {list(SCHEMES)}")
+        scheme_unit = get_scheme(scheme)
+        if not scheme_unit.supports_fallbacks and (modules_in_fp32 or modules_in_bf16 or module_schemes):
             raise ConfigError(
-                "the ibert scheme runs the whole encoder on integers and keeps only the task head in float; "
-                "modules_in_fp32 / modules_in_bf16 apply to the int8_dynamic scheme."
+                f"the {scheme} scheme runs the whole encoder on integers and keeps only the task head in float; "
+                "modules_in_fp32 / modules_in_bf16 / module_schemes apply to the Linear schemes."
+            )
+        if not _is_string_map(module_schemes or {}):
+            raise ConfigError(f"quantization_config.module_schemes must be an object of scheme names, got {_short(module_schemes)}")
+        for pattern, name in (module_schemes or {}).items():
+            if name not in SCHEMES or SCHEMES[name].module_class is None:
+                raise ConfigError(f"quantization_config.module_schemes[{pattern!r}] is {_short(name)}; a module's "
+                                  f"scheme must be one of {[n for n, s in SCHEMES.items() if s.module_class is not None]}")
+        _check_smoothquant_alpha("quantization_config.smoothquant_alpha", smoothquant_alpha)
+        smoothing = [n for n in {scheme, *(module_schemes or {}).values()} if SCHEMES[n].smoothing]
+        if smoothquant_alpha is not None and not smoothing:
+            raise ConfigError(f"smoothquant_alpha applies to the {[n for n, s in SCHEMES.items() if s.smoothing]} "
+                              f"schemes, not to {scheme!r}.")
+        observers = {o for n in {scheme, *(module_schemes or {}).values()} for o in SCHEMES[n].observers}
+        if observer is not None and observer not in observers:
+            raise ConfigError(
+                f"quantization_config.observer is {_short(observer)}; "
+                + (f"choose one of {sorted(observers)}" if observers else f"the {scheme!r} scheme has no static activation scales to observe")
             )
         for key, names in (("modules_in_fp32", modules_in_fp32), ("modules_in_bf16", modules_in_bf16)):
             if isinstance(names, str) or not all(isinstance(m, str) for m in names or []):
@@ -259,6 +344,9 @@ class Int8Config(QuantizationConfigMixin):
         self.quant_method = QUANT_METHOD
         self.format_version = FORMAT_VERSION
         self.scheme = scheme
+        self.module_schemes = dict(module_schemes or {})
+        self.smoothquant_alpha = smoothquant_alpha
+        self.observer = observer
         self.kernel = kernel
         self.compute_dtype = compute_dtype
         self.reduce_range = reduce_range
@@ -269,16 +357,29 @@ class Int8Config(QuantizationConfigMixin):
     @classmethod
     def from_dict(cls, config_dict: dict, return_unused_kwargs: bool = False, **kwargs) -> "Int8Config":
         allowed = {"quant_method", "format_version", "scheme", "modules_in_fp32", "modules_in_bf16", "manifest",
-                   "kernel", "compute_dtype", "reduce_range"}
+                   "kernel", "compute_dtype", "reduce_range", "module_schemes", "smoothquant_alpha", "observer"}
         _check_keys("quantization_config", config_dict, allowed, {"quant_method"})
         config = cls(**config_dict)
         return (config, kwargs) if return_unused_kwargs else config
+
+    @property
+    def needs_calibration_data(self) -> bool:
+        """Whether quantizing with this config needs calibration data (static scales or SmoothQuant)."""
+        schemes = [get_scheme(n) for n in {self.scheme, *self.module_schemes.values()}]
+        return self.smoothquant_alpha is not None or any(s.calibration == CALIBRATION_REQUIRED for s in schemes)
+
+    @property
+    def takes_calibration_data(self) -> bool:
+        return any(get_scheme(n).calibration != CALIBRATION_NONE for n in {self.scheme, *self.module_schemes.values()})
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "quant_method": self.quant_method,
             "format_version": self.format_version,
             "scheme": self.scheme,
+            "module_schemes": dict(self.module_schemes),
+            "smoothquant_alpha": self.smoothquant_alpha,
+            "observer": self.observer,
             "kernel": self.kernel,
             "compute_dtype": self.compute_dtype,
             "reduce_range": self.reduce_range,

@@ -8,7 +8,6 @@ checkpoints (pre-quantized) or quantizes fp32 weights while they load (``quantiz
 import copy
 import dataclasses
 import os
-import re
 import types
 
 import torch
@@ -36,29 +35,25 @@ from .checkpoint import (
     validate_module_tensors,
     validate_values,
 )
-from .configuration import QUANT_METHOD, SCHEME_IBERT, FallbackManifest, Int8Config
+from .configuration import QUANT_METHOD, CalibrationRecord, FallbackManifest, Int8Config
 from .hub import push_to_hub
-from .nn import BFloat16Linear, Int8DynamicLinear, kernels, runtime
+from .nn import BFloat16Linear, kernels, runtime
 from .saving import atomic_save_pretrained
+from .schemes import SCHEMES, calibration, get_scheme
+from .schemes.loading import (
+    MANIFEST_SOURCE,
+    check_cpu_device_map,
+    check_finite,
+    check_nothing_missing,
+    checkpoint_to_model_names,
+    out_in,
+)
 
 logger = logging.get_logger(__name__)
 
-MANIFEST_SOURCE = "config.json quantization_config.manifest"
-
-
-def _check_cpu_device_map(device_map) -> None:
-    if device_map is None:
-        return
-    devices = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
-    if any(str(device) != "cpu" for device in devices):
-        raise ValueError(
-            f"optimum-int8 int8 layers run on CPU kernels only, but device_map={device_map!r} was passed. "
-            "Load with device_map=None (or 'cpu')."
-        )
-
-
-CONVERTED_CLASSES = (Int8DynamicLinear, BFloat16Linear)
 _CLASS_BY_FALLBACK_DTYPE = {"bfloat16": BFloat16Linear}
+# Every module class a Linear scheme or a bf16 fallback puts in place of a float Linear.
+CONVERTED_CLASSES = (*(s.module_class for s in SCHEMES.values() if s.module_class is not None), BFloat16Linear)
 
 
 class QuantizeWeightOnLoad(ConversionOps):
@@ -73,9 +68,8 @@ class QuantizeWeightOnLoad(ConversionOps):
         module_name = full_layer_name.rsplit(".", 1)[0]
         float_module = model.get_submodule(module_name)
         weight = tensor.t() if isinstance(float_module, Conv1D) else tensor
-        target_class = self.hf_quantizer.target_classes[module_name]
-        _check_finite(module_name, weight, float_module.bias)
-        model.set_submodule(module_name, target_class.from_weight(weight, float_module.bias))
+        check_finite(module_name, weight, float_module.bias)
+        model.set_submodule(module_name, self.hf_quantizer.convert_module(module_name, weight, float_module.bias))
         self.hf_quantizer.file_page_releaser().release(tensor)
         trim_heap()
         if missing_keys is not None:
@@ -84,23 +78,26 @@ class QuantizeWeightOnLoad(ConversionOps):
 
 
 class Int8HfQuantizer(HfQuantizer):
-    """Swaps Linear modules for ``Int8DynamicLinear`` (and bf16 fallbacks) around transformers' weight loading."""
+    """Swaps Linear modules for their scheme's int8 modules (and bf16 fallbacks) around transformers' weight loading."""
 
     requires_calibration = False
 
     def __new__(cls, quantization_config: Int8Config | None = None, **kwargs):
-        # transformers maps our quant_method to this one class; the ibert scheme has its own hooks.
+        # transformers maps our quant_method to this one class; a scheme may name hooks of its own (ibert).
         # copy.deepcopy of a quantized model calls __new__ without arguments: the class is already right then.
-        if cls is Int8HfQuantizer and quantization_config is not None and quantization_config.scheme == SCHEME_IBERT:
-            from .ibert.quantizer import IBertHfQuantizer
-
-            cls = IBertHfQuantizer
+        if cls is Int8HfQuantizer and quantization_config is not None:
+            cls = get_scheme(quantization_config.scheme).quantizer_class() or cls
         return super().__new__(cls)
 
-    def __init__(self, quantization_config: Int8Config, **kwargs):
+    def __init__(self, quantization_config: Int8Config, calibration_data=None, **kwargs):
         super().__init__(copy.deepcopy(quantization_config), **kwargs)
+        self.calibration_data = calibration_data
         # Model module name -> the class it becomes: every int8 module and every bf16 fallback.
         self.target_classes: dict[str, type] = {}
+        # Model module name -> scheme name, for every int8 module.
+        self.module_schemes: dict[str, str] = {}
+        self._calibration: dict[str, calibration.ModuleCalibration] = {}
+        self._calibration_record: CalibrationRecord | None = None
         self._fallback_modules: dict[str, str] = {}
         self._checkpoint_files: list[str] = []
         self._tensor_files: dict[str, str] = {}
@@ -109,8 +106,12 @@ class Int8HfQuantizer(HfQuantizer):
     def validate_environment(self, device_map=None, **kwargs):
         # A checkpoint's forced kernel may be missing on this CPU (runtime.loadable_kernel); a request may not.
         kernel = "auto" if self.pre_quantized else self.quantization_config.kernel
-        kernels.plan(kernel, self.quantization_config.reduce_range)
-        _check_cpu_device_map(device_map)
+        config = self.quantization_config
+        for scheme in {config.scheme, *config.module_schemes.values()}:
+            activations = get_scheme(scheme).module_class.activations
+            if activations is not None:
+                kernels.plan(kernel, config.reduce_range, activations=activations)
+        check_cpu_device_map(device_map)
 
     def update_dtype(self, dtype):
         if dtype is not None and dtype != torch.float32:
@@ -129,7 +130,41 @@ class Int8HfQuantizer(HfQuantizer):
             self._prepare_int8_skeleton(model, linears, checkpoint_files or [])
         else:
             self._plan_conversion(linears)
+            self._calibrate(model)
         return model
+
+    def _calibrate(self, model):
+        config = self.quantization_config
+        if self.calibration_data is None:
+            if config.needs_calibration_data:
+                raise ValueError(
+                    f"Int8Config(scheme={config.scheme!r}"
+                    + (f", smoothquant_alpha={config.smoothquant_alpha!r}" if config.smoothquant_alpha is not None else "")
+                    + ") needs calibration data, which quantizing while loading cannot take: load the fp32 model, then "
+                    "call quantize_model(model, config, calibration_data=batches) (docs/schemes.md)."
+                )
+            return
+        if any(not isinstance(p, torch.Tensor) or p.is_meta for p in model.parameters()):
+            raise ValueError("calibration needs the model's float weights loaded: use quantize_model on a loaded model.")
+        qmax = 127 if kernels.plan(config.kernel, config.reduce_range).reduce_range else 255
+        schemes = {name: get_scheme(scheme) for name, scheme in self.module_schemes.items()}
+        self._calibration, batches, alphas = calibration.calibrate(
+            model, schemes, self.calibration_data, config.smoothquant_alpha, config.observer, qmax
+        )
+        observers = {o for s in schemes.values() for o in s.observers}
+        self._calibration_record = CalibrationRecord(
+            samples=batches,
+            observer=(config.observer or next(iter(sorted(observers)))) if observers else None,
+            smoothquant_alpha=config.smoothquant_alpha,
+            module_alphas=alphas if config.smoothquant_alpha == "auto" else {},
+        )
+
+    def convert_module(self, name: str, weight: torch.Tensor, bias):
+        """The int8 module (or bf16 fallback) that float module ``name`` becomes, unpacked."""
+        target_class = self.target_classes[name]
+        if name not in self.module_schemes:
+            return target_class.from_weight(weight, bias)
+        return get_scheme(self.module_schemes[name]).convert(weight, bias, self._calibration.get(name))
 
     def _plan_conversion(self, linears):
         config = self.quantization_config
@@ -147,8 +182,14 @@ class Int8HfQuantizer(HfQuantizer):
                 f"Int8Config keeps all {len(linears)} Linear modules in float (modules_in_fp32/modules_in_bf16): "
                 "nothing would be int8."
             )
+        patterns = {}
+        for pattern, scheme in config.module_schemes.items():
+            for name in linear_modules.resolve_module_names([pattern], linears, "Int8Config.module_schemes"):
+                patterns[name] = scheme
+        self.module_schemes = {name: patterns.get(name, config.scheme) for name in linears if name not in fallback_dtypes}
         self.target_classes = {
-            name: Int8DynamicLinear if name not in fallback_dtypes else _CLASS_BY_FALLBACK_DTYPE[fallback_dtypes[name]]
+            name: get_scheme(self.module_schemes[name]).module_class if name not in fallback_dtypes
+            else _CLASS_BY_FALLBACK_DTYPE[fallback_dtypes[name]]
             for name in linears
             if fallback_dtypes.get(name) != "float32"
         }
@@ -159,25 +200,35 @@ class Int8HfQuantizer(HfQuantizer):
             raise CheckpointError(
                 f"{MANIFEST_SOURCE} is missing: a pre-quantized optimum-int8 checkpoint must list its int8 modules."
             )
-        to_model_name = _checkpoint_to_model_names(model, linears, [*manifest.int8_modules, *manifest.fallback_modules])
+        to_model_name = checkpoint_to_model_names(model, linears, [*manifest.int8_modules, *manifest.fallback_modules])
         int8_modules = {name: to_model_name[name] for name in manifest.int8_modules if name in to_model_name}
         fallback_modules = {to_model_name[n]: d for n, d in manifest.fallback_modules.items() if n in to_model_name}
         linear_modules.check_module_names(int8_modules.values(), linears, f"{MANIFEST_SOURCE}.int8_modules")
         linear_modules.check_module_names(fallback_modules, linears, f"{MANIFEST_SOURCE}.fallback_modules")
-        checkpoint_classes = dict.fromkeys(manifest.int8_modules, Int8DynamicLinear) | {
-            name: _CLASS_BY_FALLBACK_DTYPE[dtype]
-            for name, dtype in manifest.fallback_modules.items()
-            if dtype in _CLASS_BY_FALLBACK_DTYPE
-        }
-        targets = {name: (to_model_name[name], cls) for name, cls in checkpoint_classes.items() if name in to_model_name}
-        layouts = {}
-        for checkpoint_name, (name, cls) in targets.items():
-            out_features, in_features = _out_in(linears[name])
-            layouts[checkpoint_name] = (cls.precision, cls.state_dict_layout(out_features, in_features, linears[name].bias is not None))
+        smoothed = manifest.calibration is not None and manifest.calibration.smoothquant_alpha is not None
+        skeletons = {}
+        with torch.device("meta"):
+            for checkpoint_name in manifest.int8_modules:
+                if checkpoint_name in to_model_name:
+                    name = to_model_name[checkpoint_name]
+                    scheme = get_scheme(manifest.scheme_of(checkpoint_name, self.quantization_config.scheme))
+                    out_features, in_features = out_in(linears[name])
+                    skeletons[checkpoint_name] = (name, scheme.skeleton(
+                        in_features, out_features, linears[name].bias is not None, smoothed and scheme.smoothing
+                    ))
+            for checkpoint_name, dtype in manifest.fallback_modules.items():
+                if checkpoint_name in to_model_name and dtype in _CLASS_BY_FALLBACK_DTYPE:
+                    name = to_model_name[checkpoint_name]
+                    out_features, in_features = out_in(linears[name])
+                    cls = _CLASS_BY_FALLBACK_DTYPE[dtype]
+                    skeletons[checkpoint_name] = (name, cls(in_features, out_features, bias=linears[name].bias is not None))
+        layouts = {checkpoint_name: (module.precision, module.layout()) for checkpoint_name, (_, module) in skeletons.items()}
         if checkpoint_files:
             listed = {
-                cls.marker_tensor: (cls.precision, {name for name, c in checkpoint_classes.items() if c is cls})
-                for cls in CONVERTED_CLASSES
+                "weight_int8": ("int8", set(manifest.int8_modules)),
+                BFloat16Linear.marker_tensor: (BFloat16Linear.precision, {
+                    name for name, dtype in manifest.fallback_modules.items() if dtype == "bfloat16"
+                }),
             }
             headers = read_tensor_headers(checkpoint_files)
             validate_module_tensors(headers, layouts, listed, MANIFEST_SOURCE)
@@ -187,15 +238,19 @@ class Int8HfQuantizer(HfQuantizer):
             converted = {name: set(layout) for name, (_, layout) in layouts.items()}
             validate_float_tensors(headers, shapes, module_types, converted, prefix, MANIFEST_SOURCE)
             self._tensor_files = tensor_files(headers, module_types, prefix)
-        with torch.device("meta"):
-            for name, cls in targets.values():
-                out_features, in_features = _out_in(linears[name])
-                model.set_submodule(name, cls(in_features, out_features, bias=linears[name].bias is not None))
+        for name, module in skeletons.values():
+            model.set_submodule(name, module)
+        self.module_schemes = {
+            to_model_name[n]: manifest.scheme_of(n, self.quantization_config.scheme) for n in manifest.int8_modules
+            if n in to_model_name
+        }
+        targets = {checkpoint_name: (name, type(module)) for checkpoint_name, (name, module) in skeletons.items()}
         self.target_classes = dict(targets.values())
         linear_modules.untie_modules(model, self.target_classes)
         # In this model's names, so that a re-save writes a manifest that matches its tensors.
         self.quantization_config.manifest = dataclasses.replace(
-            manifest, int8_modules=list(int8_modules.values()), fallback_modules=fallback_modules
+            manifest, int8_modules=list(int8_modules.values()), fallback_modules=fallback_modules,
+            module_schemes={to_model_name[n]: s for n, s in manifest.module_schemes.items() if n in to_model_name},
         )
 
     def file_page_releaser(self) -> FilePageReleaser:
@@ -218,7 +273,7 @@ class Int8HfQuantizer(HfQuantizer):
         # Before any scheme's hook derives tensors of its own: what transformers initialised at random is still
         # unmarked. (A state_dict passed in memory, as the legacy builder does, is its caller's to check.)
         if self.pre_quantized and self._checkpoint_files:
-            _check_nothing_missing(model, self._checkpoint_files)
+            check_nothing_missing(model, self._checkpoint_files)
         return super().postprocess_model(model, **kwargs)
 
     def _process_model_after_weight_loading(self, model, **kwargs):
@@ -227,15 +282,17 @@ class Int8HfQuantizer(HfQuantizer):
             self._check_and_pack_loaded_modules(model)
         else:
             self._convert_remaining(model)
-        if config.scheme != SCHEME_IBERT:  # the integer-only scheme fixes its own arithmetic and manifest
+        if get_scheme(config.scheme).module_class is not None:  # a scheme with its own hooks sets its own arithmetic
             kernel = runtime.loadable_kernel(config.kernel) if self.pre_quantized else config.kernel
             settings = runtime.configure(model, kernel, config.reduce_range, config.compute_dtype)
             if not self.pre_quantized:
                 config.manifest = FallbackManifest(
-                    int8_modules=[name for name, cls in self.target_classes.items() if cls is Int8DynamicLinear],
+                    int8_modules=list(self.module_schemes),
                     fallback_modules=dict(self._fallback_modules),
-                    kernel=settings.kernel.describe(),
+                    kernel=runtime.describe(model) or settings.kernel.describe(),
                     compute_dtype=settings.compute_dtype,
+                    module_schemes={n: s for n, s in self.module_schemes.items() if s != config.scheme},
+                    calibration=self._calibration_record,
                 )
         model.save_pretrained = types.MethodType(atomic_save_pretrained, model)
         model.push_to_hub = types.MethodType(push_to_hub, model)
@@ -247,7 +304,7 @@ class Int8HfQuantizer(HfQuantizer):
         legacy_codes = manifest is not None and LEGACY_ORIGIN in manifest.created_with
         for name in tqdm(self.target_classes, desc="Packing int8 and bf16 weights", unit="module", leave=False):
             module = model.get_submodule(name)
-            layout = module.state_dict_layout(module.out_features, module.in_features, module.bias is not None)
+            layout = module.layout()
             loaded = [getattr(module, tensor_name) for tensor_name in layout]
             for tensor_name, tensor in zip(layout, loaded):
                 if tensor.is_meta or not getattr(tensor, "_is_hf_initialized", False):
@@ -268,8 +325,11 @@ class Int8HfQuantizer(HfQuantizer):
         for name, target_class in tqdm(self.target_classes.items(), desc="Quantizing Linear modules to int8", unit="module", leave=False):
             module = model.get_submodule(name)
             if name in linears:
-                _check_finite(name, module.weight, module.bias)
-                model.set_submodule(name, target_class.from_float(module))
+                check_finite(name, module.weight, module.bias)
+                weight = module.weight.t() if isinstance(module, Conv1D) else module.weight
+                converted = self.convert_module(name, weight, module.bias)
+                converted.pack()
+                model.set_submodule(name, converted)
                 continue
             if module.bias is not None and module.bias.is_meta:
                 raise CheckpointError(f"tensor {name}.bias was not found in the checkpoint being quantized.")
@@ -286,67 +346,14 @@ class Int8HfQuantizer(HfQuantizer):
         return False
 
 
-def _check_finite(module_name: str, weight, bias) -> None:
-    """A NaN or infinite weight would quantize to garbage codes (or a NaN scale) silently: name the module."""
-    for what, tensor in (("weight", weight), ("bias", bias)):
-        if tensor is not None and not tensor.is_meta and not torch.isfinite(tensor).all():
-            count = int((~torch.isfinite(tensor)).sum())
-            raise ValueError(
-                f"{module_name}.{what} holds {count} NaN or infinite value(s); quantizing it would give a wrong "
-                f"model. Fix or retrain the fp32 model, or keep {module_name!r} out of quantization (modules_in_fp32)."
-            )
-
-
-def _check_nothing_missing(model, checkpoint_files) -> None:
-    """Every persistent float tensor came from the files: transformers would initialise a missing one at random."""
-    ignored = [re.compile(pattern) for pattern in model._keys_to_ignore_on_load_missing or ()]
-    missing = []
-    for module_name, module in model.named_modules():
-        tensors = [*module._parameters.items(), *((name, buffer) for name, buffer in module._buffers.items()
-                                                  if name not in module._non_persistent_buffers_set)]
-        for name, tensor in tensors:
-            key = f"{module_name}.{name}" if module_name else name
-            if tensor is not None and not getattr(tensor, "_is_hf_initialized", False) and not any(p.search(key) for p in ignored):
-                missing.append(key)
-    if missing:
-        files = ", ".join(os.path.basename(path) for path in checkpoint_files) or "the checkpoint files"
-        shown = ", ".join(repr(key) for key in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise CheckpointError(
-            f"{files} lack tensor(s) {shown} of the model config.json describes; loading would fill them with random "
-            "values. The checkpoint is incomplete, or its config.json belongs to another model."
-        )
-
-
-def _checkpoint_to_model_names(model, linears, checkpoint_names) -> dict[str, str]:
-    """Map manifest module names to this model's names across the base-model prefix, as transformers does.
-
-    A task checkpoint loaded into its base model (``INCModel``) has names under ``base_model_prefix``
-    and head modules the base model lacks (those are dropped); a base checkpoint loaded into a task
-    model lacks the prefix. Names that match neither way are kept, so validation can reject them.
-    """
-    prefix = f"{model.base_model_prefix}." if model.base_model_prefix else None
-    if prefix is None or any(name in linears for name in checkpoint_names):
-        return {name: name for name in checkpoint_names}
-    if any(name.startswith(prefix) for name in checkpoint_names):
-        return {name: name[len(prefix):] for name in checkpoint_names if name.startswith(prefix)}
-    if any(prefix + name in linears for name in checkpoint_names):
-        return {name: prefix + name for name in checkpoint_names}
-    return {name: name for name in checkpoint_names}
-
-
-def _out_in(module) -> tuple[int, int]:
-    if isinstance(module, Conv1D):
-        return module.nf, module.weight.shape[0]
-    return module.out_features, module.in_features
-
-
 def quantize_model(model: PreTrainedModel, config: Int8Config | None = None, calibration_data=None) -> PreTrainedModel:
-    """Quantize a loaded fp32 transformers model in place (and return it) with dynamic int8 Linear layers.
+    """Quantize a loaded fp32 transformers model in place (and return it) with ``config``'s scheme (default
+    ``Int8Config()``).
 
     The model keeps its class; ``config.quantization_config`` gets the manifest of what is int8 and what
     stayed fp32, so ``save_pretrained`` writes a checkpoint that ``from_pretrained`` restores.
-    With ``Int8Config(scheme="ibert")`` the encoder becomes integer-only instead, with static activation
-    scales measured on ``calibration_data``: an iterable of model input dicts (docs/ibert.md).
+    ``calibration_data``, an iterable of model input dicts (a tokenizer's outputs), sets static activation
+    scales (``"int8_static"``, ``"ibert"``) and SmoothQuant factors (``smoothquant_alpha``); docs/schemes.md.
     """
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"quantize_model expects a transformers PreTrainedModel, got {type(model).__name__}")
@@ -360,8 +367,11 @@ def quantize_model(model: PreTrainedModel, config: Int8Config | None = None, cal
         raise ValueError(f"quantize_model runs on CPU; the model has parameters on {sorted(devices)}. Call model.cpu() first.")
     config = copy.deepcopy(config) if config is not None else Int8Config()
     config.manifest = None
-    if calibration_data is not None and config.scheme != SCHEME_IBERT:
-        raise ValueError(f"calibration_data sets static activation scales; the {config.scheme!r} scheme quantizes activations per call and takes none.")
+    if calibration_data is not None and not config.takes_calibration_data:
+        raise ValueError(
+            f"calibration_data sets static activation scales or SmoothQuant factors; the {config.scheme!r} scheme "
+            "quantizes activations per call (or not at all) and takes none."
+        )
     quantizer = Int8HfQuantizer(config, pre_quantized=False, calibration_data=calibration_data)
     quantizer.validate_environment()
     try:

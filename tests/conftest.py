@@ -25,6 +25,7 @@ from transformers import (
     BertConfig,
     DistilBertConfig,
     GPT2Config,
+    LlamaConfig,
     RobertaConfig,
     T5Config,
 )
@@ -90,6 +91,15 @@ TINY_ARCHS = {
     "bert_tokens": TinyArch("bert_tokens", BertConfig(**_bert_kwargs(), num_labels=5),
                             AutoModelForTokenClassification, optimum_int8.INCModelForTokenClassification),
 }
+
+
+# A Llama-family decoder (RMSNorm, SwiGLU, grouped-query attention): the LLM schemes' architecture.
+TINY_LLAMA = TinyArch(
+    "llama",
+    LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1, eos_token_id=2),
+    AutoModelForCausalLM, optimum_int8.INCModelForCausalLM,
+)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from optimum_int8 import FallbackManifest, Int8Config, TuningRecord
-from optimum_int8.configuration import ConfigError
+from optimum_int8.configuration import FORMAT_VERSION, ConfigError
 
 
 def _manifest():
@@ -19,7 +19,7 @@ def test_config_round_trips_through_json():
     config = Int8Config(modules_in_fp32=["lm_head"], manifest=_manifest())
     data = json.loads(json.dumps(config.to_dict()))
     assert data["quant_method"] == "optimum_int8"
-    assert data["format_version"] == 2
+    assert data["format_version"] == FORMAT_VERSION
     assert data["scheme"] == "int8_dynamic"
     assert (data["kernel"], data["compute_dtype"], data["reduce_range"]) == ("auto", "auto", None)
     assert data["manifest"]["tuning"]["metric"] == "rougeLsum"
@@ -34,7 +34,7 @@ def test_version_1_configs_still_read_with_the_default_runtime():
         del data[key]
     config = Int8Config.from_dict(data | {"format_version": 1})
     assert (config.kernel, config.compute_dtype, config.reduce_range) == ("auto", "auto", None)
-    assert config.format_version == 2 and config.manifest == _manifest()
+    assert config.format_version == FORMAT_VERSION and config.manifest == _manifest()
 
 
 def test_manifest_records_library_versions():
@@ -48,7 +48,7 @@ def test_manifest_records_library_versions():
         (lambda d: d["manifest"].update(extra=1), r"quantization_config.manifest has unknown key\(s\) \['extra'\]"),
         (lambda d: d["manifest"]["tuning"].pop("metric"), r"quantization_config.manifest.tuning is missing .*'metric'"),
         (lambda d: d["manifest"]["tuning"].update(tolerance_mode="percent"), "tolerance_mode must be one of"),
-        (lambda d: d.update(format_version=3), r"format_version is 3; this optimum-int8 reads versions \[1, 2\]"),
+        (lambda d: d.update(format_version=4), r"format_version is 4; this optimum-int8 reads versions \[1, 2, 3\]"),
         (lambda d: d.update(format_version=True), "format_version is True"),
         (lambda d: d.update(kernel="cuda"), r"kernel is 'cuda'; choose one of \['auto', 'fbgemm', 'onednn'\]"),
         (lambda d: d.update(compute_dtype="float16"), "compute_dtype is 'float16'"),

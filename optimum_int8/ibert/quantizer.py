@@ -1,6 +1,6 @@
 """The transformers quantizer hooks of the ibert scheme (``Int8Config(scheme="ibert")``).
 
-``Int8HfQuantizer`` hands configs with this scheme to ``IBertHfQuantizer``. Quantizing (``quantize_model``
+``Int8HfQuantizer`` hands configs with this scheme to ``IBertHfQuantizer`` (the scheme registry names it). Quantizing (``quantize_model``
 with calibration data, or ``from_pretrained`` of a calibrated I-BERT model) converts the loaded float
 model after its weights are in; loading a saved checkpoint installs the empty integer modules before
 transformers streams the tensors into them, then derives the integer constants.
@@ -12,7 +12,8 @@ from ..checkpoint import CheckpointError, read_tensor_headers, validate_module_t
 from ..configuration import FallbackManifest
 from ..nn import integer_kernels
 from ..nn.integer_layers import IntegerEmbedding, IntegerLayerNorm
-from ..quantizer import MANIFEST_SOURCE, Int8HfQuantizer, _check_cpu_device_map, _checkpoint_to_model_names
+from ..quantizer import Int8HfQuantizer
+from ..schemes.loading import MANIFEST_SOURCE, check_cpu_device_map, checkpoint_to_model_names
 from .architecture import encoder_family
 from .calibration import calibrate, ibert_ranges_calibrated, scales_from_ibert
 from .conversion import (
@@ -30,13 +31,12 @@ class IBertHfQuantizer(Int8HfQuantizer):
     """Integer-only encoder (I-BERT) around transformers' weight loading; the task head stays in float."""
 
     def __init__(self, quantization_config, calibration_data=None, **kwargs):
-        super().__init__(quantization_config, **kwargs)
-        self.calibration_data = calibration_data
+        super().__init__(quantization_config, calibration_data=calibration_data, **kwargs)
         self._scales: dict | None = None
 
     def validate_environment(self, device_map=None, **kwargs):
         integer_kernels.check_available()
-        _check_cpu_device_map(device_map)
+        check_cpu_device_map(device_map)
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         encoder_family(model)
@@ -60,7 +60,7 @@ class IBertHfQuantizer(Int8HfQuantizer):
             )
         install_skeleton(model, relative_scales(model, manifest.activation_scales))
         modules = int8_modules(model)
-        to_model_name = _checkpoint_to_model_names(model, modules, manifest.int8_modules)
+        to_model_name = checkpoint_to_model_names(model, modules, manifest.int8_modules)
         unknown = sorted(name for name in manifest.int8_modules if to_model_name.get(name) not in modules)
         missing = sorted(set(modules) - set(to_model_name.values()))
         if unknown or missing:

@@ -3,8 +3,11 @@
 ``runtime`` puts a model's layers on a kernel plan and a compute dtype."""
 
 from .bf16_linear import BFloat16Linear
+from .int8_activation_linears import Int8PerTokenLinear, Int8StaticActivationLinear
 from .int8_embedding import Int8Embedding
 from .int8_linear import Int8DynamicLinear
 from .int8_static_linear import StaticInt8Linear
+from .int8_weight_only_linear import Int8WeightOnlyLinear
 
-__all__ = ["BFloat16Linear", "Int8DynamicLinear", "Int8Embedding", "StaticInt8Linear"]
+__all__ = ["BFloat16Linear", "Int8DynamicLinear", "Int8Embedding", "Int8PerTokenLinear", "Int8StaticActivationLinear",
+           "Int8WeightOnlyLinear", "StaticInt8Linear"]

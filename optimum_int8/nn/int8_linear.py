@@ -47,6 +47,8 @@ class Int8DynamicLinear(PackedLinear):
     precision = "int8"
     marker_tensor = "weight_int8"
     bias_dtype = torch.float32
+    # How the input is quantized: the kernel plan of the layer is chosen for it.
+    activations = kernels.dispatch.PER_TENSOR
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None):
         super().__init__(in_features, out_features, bias, device)
@@ -95,7 +97,7 @@ class Int8DynamicLinear(PackedLinear):
         if self.weight_int8.is_meta:
             raise RuntimeError("Int8DynamicLinear weights are still on the meta device; load them before packing.")
         if self.kernel_plan is None:
-            self.kernel_plan = kernels.plan()
+            self.kernel_plan = kernels.plan(activations=self.activations)
         self._packed = kernels.PackedInt8Weight(self.weight_int8, self.weight_scale, self.bias, self.kernel_plan)
         self.weight_int8 = None
         self.weight_scale = None

@@ -38,6 +38,15 @@ class PackedLinear(nn.Module):
     def weight_layout(out_features: int, in_features: int) -> dict:
         raise NotImplementedError
 
+    def extra_layout(self) -> dict:
+        """``{tensor name: (dtype, shape)}`` of the plain buffers this module stores besides its weight and bias
+        (a smoothing factor, calibrated activation scales); they stay plain tensors when packed."""
+        return {}
+
+    def layout(self) -> dict:
+        """``{tensor name: (dtype, shape)}`` this module stores in a checkpoint."""
+        return self.state_dict_layout(self.out_features, self.in_features, self.bias is not None) | self.extra_layout()
+
     @classmethod
     def state_dict_layout(cls, out_features: int, in_features: int, has_bias: bool) -> dict:
         """``{tensor name: (dtype, shape)}`` this module stores in a checkpoint."""
@@ -82,6 +91,9 @@ class PackedLinear(nn.Module):
             return
         for name, tensor in self.packed_state().items():
             destination[prefix + name] = tensor
+        for name in self.extra_layout():
+            tensor = self._buffers[name]
+            destination[prefix + name] = tensor if keep_vars else tensor.detach()
         if self.bias is not None:
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 

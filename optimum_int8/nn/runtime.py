@@ -164,9 +164,12 @@ def configure(model: nn.Module, kernel: str | None = "auto", reduce_range: bool 
     output_dtype = None if dtype == torch.float32 else dtype  # None: the input's dtype, as a float model runs
     fallbacks = [module for module in model.modules() if type(module) in _FLOAT_FALLBACK_TYPES]
     keep = {id(tensor) for module in fallbacks for tensor in module.parameters(recurse=False)}
+    plans = {plan.activations: plan}
     for module in model.modules():
         if isinstance(module, Int8DynamicLinear):
-            module.use_kernel(plan)
+            if module.activations is not None and module.activations not in plans:
+                plans[module.activations] = kernels.plan(kernel, reduce_range, activations=module.activations)
+            module.use_kernel(plans.get(module.activations))
             module.compute_dtype = output_dtype
         elif isinstance(module, BFloat16Linear):
             module.compute_dtype = output_dtype

@@ -5,12 +5,13 @@
 - ``fbgemm``, ``onednn``: the int8 backends, each packing from and unpacking to the same int8 codes and
   fp32 scales, so the file format does not depend on the CPU;
 - ``int8_weight``: a layer's packed weight and its call-time dispatch;
+- ``weight_only``: the weight-only int8 GEMM (float activations);
 - ``bf16``: the bf16 fallbacks' GEMMs; ``torch_ao``: ops only legacy INC checkpoints need.
 
 docs/kernels.md gives the measurements behind each choice.
 """
 
-from . import capabilities, fbgemm, onednn
+from . import capabilities, dispatch, fbgemm, onednn, weight_only
 from .bf16 import BF16_FP32_MIN_ROWS, PackedBFloat16Weight, bf16_linear, pack_bf16
 from .capabilities import CpuCapabilities
 from .dispatch import (
@@ -30,5 +31,5 @@ __all__ = [
     "BACKENDS", "BF16_FP32_MIN_ROWS", "KERNEL_CHOICES", "KERNEL_ENV", "CpuCapabilities", "DispatchRule",
     "KernelPlan", "KernelUnavailableError", "PackedBFloat16Weight", "PackedInt8Weight", "bf16_linear",
     "capabilities", "check_available", "embedding", "fbgemm", "onednn", "pack_bf16", "pack_embedding", "plan",
-    "static_linear",
+    "static_linear", "weight_only",
 ]

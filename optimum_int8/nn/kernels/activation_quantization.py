@@ -1,4 +1,4 @@
-"""Per-tensor uint8 quantization of an activation, for the oneDNN int8 GEMM.
+"""uint8 quantization of an activation for the oneDNN int8 GEMM: per tensor (dynamic or static scales) or per row.
 
 torch quantizes fp32 only, and its quantized tensors hand their codes out by copy (``int_repr``). Here the
 codes are written once, in place: a bf16 activation is upcast in blocks of rows that stay in cache and
@@ -31,6 +31,11 @@ def quantize(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, float, int]:
     low, high = min(low, 0.0), max(high, 0.0)
     scale = (high - low) / qmax or 1.0
     zero_point = min(qmax, max(0, round(-low / scale)))
+    return quantize_with(x, scale, zero_point), scale, zero_point
+
+
+def quantize_with(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """uint8 codes of ``x`` with a given per-tensor scale and zero point (static activation scales), clamped."""
     rows = x.reshape(-1, x.shape[-1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.13 deprecates quantized tensors; docs/kernels.md has the plan
@@ -41,6 +46,32 @@ def quantize(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, float, int]:
             step = max(1, _UPCAST_BLOCK_ELEMENTS // rows.shape[1])
             for start in range(0, rows.shape[0], step):
                 quantized[start:start + step].copy_(rows[start:start + step].float())
-    # The codes as a plain uint8 tensor on the quantized tensor's own storage: no copy.
-    codes = torch.empty(0, dtype=torch.uint8).set_(quantized.untyped_storage(), 0, rows.shape, rows.shape[1:] + (1,))
-    return codes.view(x.shape), scale, zero_point
+    return _codes(quantized, rows.shape).view(x.shape)
+
+
+# Per-row codes are symmetric int8 shifted by this, so that every row shares one uint8 zero point.
+PER_ROW_ZERO_POINT = 128
+_MIN_ROW_SCALE = 1e-12
+
+
+def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 codes of each row of ``x`` (one scale per token: max|row| / 127), as uint8 codes shifted by
+    ``PER_ROW_ZERO_POINT``, and the fp32 row scales [rows]."""
+    rows = x.reshape(-1, x.shape[-1])
+    low, high = torch.aminmax(rows, dim=1)
+    magnitude = torch.maximum(-low, high).float()
+    if not torch.isfinite(magnitude).all():
+        raise ValueError("the input of an int8 Linear layer contains NaN or Inf; it cannot be quantized.")
+    scales = (magnitude / 127).clamp(min=_MIN_ROW_SCALE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.quantize_per_channel(
+            rows.float().contiguous(), scales.double(),
+            torch.full(scales.shape, PER_ROW_ZERO_POINT, dtype=torch.long), 0, torch.quint8,
+        )
+    return _codes(quantized, rows.shape), scales
+
+
+def _codes(quantized: torch.Tensor, shape) -> torch.Tensor:
+    """The codes as a plain uint8 tensor on the quantized tensor's own storage: no copy (``int_repr`` copies)."""
+    return torch.empty(0, dtype=torch.uint8).set_(quantized.untyped_storage(), 0, shape, shape[1:] + (1,))

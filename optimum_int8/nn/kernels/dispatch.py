@@ -16,10 +16,25 @@ from . import fbgemm, onednn
 KERNEL_ENV = "OPTIMUM_INT8_KERNEL"
 AUTO = "auto"
 
-# Every int8 backend: a module with ``name``, ``unavailable_reason(capabilities)``, ``pack``, ``unpack`` and
-# ``linear(x, packed, reduce_range, out_dtype)``.
+# Every int8 backend: a module with ``name``, ``unavailable_reason(capabilities)``, ``pack``, ``unpack``,
+# ``linear(x, packed, reduce_range, out_dtype)`` (dynamic per-tensor activations) and, for the activation
+# granularities it supports, ``linear_per_token(x, packed, out_dtype)`` and
+# ``linear_static(x, packed, scale, zero_point, out_dtype)``.
 BACKENDS = {backend.name: backend for backend in (fbgemm, onednn)}
 KERNEL_CHOICES = (AUTO, *BACKENDS)
+# How a layer quantizes its input: one dynamic scale per call, one per row (token), or a calibrated one.
+PER_TENSOR, PER_TOKEN, STATIC = "per_tensor", "per_token", "static"
+_ACTIVATION_FUNCTIONS = {PER_TENSOR: "linear", PER_TOKEN: "linear_per_token", STATIC: "linear_static"}
+ACTIVATIONS = tuple(_ACTIVATION_FUNCTIONS)
+
+
+def supports(backend: str, activations: str) -> bool:
+    """Whether ``backend`` has a GEMM for this activation granularity."""
+    return hasattr(BACKENDS[backend], _ACTIVATION_FUNCTIONS[activations])
+
+
+def linear_function(backend: str, activations: str):
+    return getattr(BACKENDS[backend], _ACTIVATION_FUNCTIONS[activations])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,16 +46,22 @@ class DispatchRule:
     backend: str
     short_backend: str | None = None
     short_below: int = 0
+    activations: str = PER_TENSOR
 
 
 # First matching rule wins. Measured with examples/gemm_kernels.py on BART-large Linear shapes, 2 threads
 # (docs/kernels.md): on AMX, oneDNN's int8 GEMM is 2-5x fbgemm's from 64 rows up, but its per-call
 # activation quantization in eager torch costs more than fbgemm's fused one below ~32 rows. On AVX-512
 # VNNI without AMX, fbgemm (8-bit activations) is within 10-25% of oneDNN at 512+ rows and faster below.
+# Per-token activations run on oneDNN only (fbgemm's dynamic GEMM quantizes per tensor); static ones on oneDNN
+# where it is fast, on fbgemm's static GEMM elsewhere.
 DISPATCH_RULES = (
     DispatchRule("amx_int8", "onednn", short_backend="fbgemm", short_below=32),
     DispatchRule("avx512_vnni", "fbgemm"),
     DispatchRule("avx2", "fbgemm"),
+    DispatchRule("avx512_vnni", "onednn", activations=PER_TOKEN),
+    DispatchRule("avx512_vnni", "onednn", activations=STATIC),
+    DispatchRule("avx2", "fbgemm", activations=STATIC),
 )
 
 
@@ -54,15 +75,17 @@ class KernelPlan:
     reduce_range: bool
     short_backend: str | None = None
     short_below: int = 0
+    activations: str = PER_TENSOR
 
     def backend_for(self, rows: int) -> str:
         return self.short_backend if self.short_backend is not None and rows < self.short_below else self.backend
 
     def describe(self) -> str:
         bits = "7-bit" if self.reduce_range else "8-bit"
+        granularity = "" if self.activations == PER_TENSOR else f" {self.activations.replace('_', '-')}"
         if self.short_backend is None:
-            return f"{self.backend} ({bits} activations)"
-        return f"{self.backend}, {self.short_backend} below {self.short_below} rows ({bits} activations)"
+            return f"{self.backend} ({bits}{granularity} activations)"
+        return f"{self.backend}, {self.short_backend} below {self.short_below} rows ({bits}{granularity} activations)"
 
 
 def requested_kernel(kernel: str | None = None) -> str:
@@ -87,22 +110,36 @@ def _check_runs(backend: str, capabilities: cpu.CpuCapabilities) -> None:
 
 
 def plan(kernel: str | None = None, reduce_range: bool | None = None,
-         capabilities: cpu.CpuCapabilities | None = None) -> KernelPlan:
+         capabilities: cpu.CpuCapabilities | None = None, activations: str = PER_TENSOR) -> KernelPlan:
     """The plan for ``kernel`` (``auto``: the first rule the CPU satisfies) on ``capabilities`` (default: this
-    CPU). ``reduce_range`` None means 7-bit activations only where the CPU needs them (no VNNI)."""
+    CPU), for layers that quantize their input with ``activations`` granularity. ``reduce_range`` None means
+    7-bit activations only where the CPU needs them (no VNNI)."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activation granularity {activations!r} is unknown; choose one of {list(ACTIVATIONS)}")
     capabilities = capabilities or cpu.current()
     requested = requested_kernel(kernel)
     if reduce_range is None:
         reduce_range = capabilities.needs_reduce_range
     if requested != AUTO:
         _check_runs(requested, capabilities)
-        return KernelPlan(requested, reduce_range)
+        if not supports(requested, activations):
+            raise KernelUnavailableError(
+                f"the {requested!r} int8 kernel has no GEMM for {activations.replace('_', '-')} activations; "
+                f"use kernel='auto' or one of {[b for b in BACKENDS if supports(b, activations)]}."
+            )
+        return KernelPlan(requested, reduce_range, activations=activations)
     for rule in DISPATCH_RULES:
-        if getattr(capabilities, rule.requires) and all(
+        if rule.activations == activations and getattr(capabilities, rule.requires) and all(
             BACKENDS[b].unavailable_reason(capabilities) is None for b in (rule.backend, rule.short_backend) if b
         ):
-            return KernelPlan(rule.backend, reduce_range, rule.short_backend, rule.short_below)
+            return KernelPlan(rule.backend, reduce_range, rule.short_backend, rule.short_below, activations)
     reasons = "; ".join(f"{name}: {b.unavailable_reason(capabilities)}" for name, b in BACKENDS.items())
+    if activations != PER_TENSOR:
+        raise KernelUnavailableError(
+            f"no int8 kernel for {activations.replace('_', '-')} activations runs on this CPU (CPU flags: "
+            f"{capabilities.flags() or 'none'}; {reasons}). Use a scheme with per-tensor dynamic activations "
+            "(Int8Config(scheme='int8_dynamic')) or weight-only int8 here."
+        )
     raise KernelUnavailableError(
         f"no int8 kernel runs on this CPU with torch ({reasons}). optimum-int8 needs an x86 CPU with AVX2 and a "
         "standard torch CPU build (`pip install torch==2.13.0`)."

@@ -57,3 +57,10 @@ def linear(x: torch.Tensor, packed, reduce_range: bool, out_dtype: torch.dtype) 
     x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
     y = torch.ops.quantized.linear_dynamic(x32, packed, reduce_range)
     return y if out_dtype == torch.float32 else y.to(out_dtype)
+
+
+def linear_static(x: torch.Tensor, packed, scale: float, zero_point: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """``x @ W.T + b`` with the activation quantized by a calibrated per-tensor scale and zero point."""
+    x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
+    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x32, scale, zero_point, packed)
+    return y if out_dtype == torch.float32 else y.to(out_dtype)

@@ -2,7 +2,7 @@
 
 import torch
 
-from .dispatch import BACKENDS, KernelPlan
+from .dispatch import BACKENDS, PER_TOKEN, KernelPlan, linear_function
 
 
 class PackedInt8Weight:
@@ -32,13 +32,19 @@ class PackedInt8Weight:
             self._forms[backend] = packed
         return packed
 
-    def linear(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """``x @ W.T + b`` in ``out_dtype``, on the backend the plan picks for this many rows."""
+    def linear(self, x: torch.Tensor, out_dtype: torch.dtype, static_qparams: tuple[float, int] | None = None) -> torch.Tensor:
+        """``x @ W.T + b`` in ``out_dtype``, on the backend the plan picks for this many rows, quantizing ``x`` with
+        the plan's activation granularity (``static_qparams``: the calibrated scale and zero point)."""
         rows = x.numel() // self.in_features if self.in_features else 0
         if rows == 0:
             return x.new_empty((*x.shape[:-1], self.out_features), dtype=out_dtype)
         backend = self.plan.backend_for(rows)
-        return BACKENDS[backend].linear(x, self._form(backend), self.plan.reduce_range, out_dtype)
+        function = linear_function(backend, self.plan.activations)
+        if static_qparams is not None:
+            return function(x, self._form(backend), *static_qparams, out_dtype)
+        if self.plan.activations == PER_TOKEN:
+            return function(x, self._form(backend), out_dtype)
+        return function(x, self._form(backend), self.plan.reduce_range, out_dtype)
 
     def backends(self) -> list[str]:
         """The backends packed so far."""

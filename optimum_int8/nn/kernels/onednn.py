@@ -54,3 +54,26 @@ def linear(x: torch.Tensor, packed: OnednnWeight, reduce_range: bool, out_dtype:
         codes, scale, zero_point, packed.weight, packed.weight_scale, packed.weight_zero_point, packed.bias,
         1.0, 0, out_dtype, "none", [], "",
     )
+
+
+def linear_per_token(x: torch.Tensor, packed: OnednnWeight, out_dtype: torch.dtype) -> torch.Tensor:
+    """``x @ W.T + b`` with one activation scale per row (token): the GEMM runs on symmetric codes with scale 1,
+    and each row is scaled (and the bias added) in one pass over the output."""
+    codes, row_scales = activation_quantization.quantize_per_row(x)
+    y = torch.ops.onednn.qlinear_pointwise(
+        codes, 1.0, activation_quantization.PER_ROW_ZERO_POINT, packed.weight, packed.weight_scale,
+        packed.weight_zero_point, None, 1.0, 0, torch.float32, "none", [], "",
+    )
+    y = torch.addcmul(packed.bias, y, row_scales[:, None]) if packed.bias is not None else y.mul_(row_scales[:, None])
+    y = y.view(*x.shape[:-1], y.shape[-1])
+    return y if out_dtype == torch.float32 else y.to(out_dtype)
+
+
+def linear_static(x: torch.Tensor, packed: OnednnWeight, scale: float, zero_point: int,
+                  out_dtype: torch.dtype) -> torch.Tensor:
+    """``x @ W.T + b`` with the activation quantized by a calibrated per-tensor scale and zero point."""
+    codes = activation_quantization.quantize_with(x, scale, zero_point)
+    return torch.ops.onednn.qlinear_pointwise(
+        codes, scale, zero_point, packed.weight, packed.weight_scale, packed.weight_zero_point, packed.bias,
+        1.0, 0, out_dtype, "none", [], "",
+    )

@@ -1,0 +1,166 @@
+"""Every Linear scheme of the registry on three architecture families (BERT, BART, Llama): quantize, save, reload
+bit-exact; quantize while loading where the scheme allows it; calibration where it needs it."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY_ARCHS, TINY_LLAMA, run
+from optimum_int8 import Int8Config, quantize_model
+from optimum_int8.configuration import ConfigError
+from optimum_int8.nn import Int8PerTokenLinear, Int8StaticActivationLinear, Int8WeightOnlyLinear
+from optimum_int8.schemes import SCHEMES, get_scheme
+
+ARCHS = {"bert": TINY_ARCHS["bert"], "bart": TINY_ARCHS["bart"], "llama": TINY_LLAMA}
+LINEAR_SCHEMES = [name for name, scheme in SCHEMES.items() if scheme.module_class is not None]
+# (scheme, config options): every Linear scheme, and the calibrated variants that write extra tensors.
+CASES = {
+    "int8_dynamic": ("int8_dynamic", {}),
+    "int8_per_token": ("int8_per_token", {}),
+    "int8_per_token-smoothquant": ("int8_per_token", {"smoothquant_alpha": 0.5}),
+    "int8_static-minmax": ("int8_static", {}),
+    "int8_static-histogram-smoothquant-auto": ("int8_static", {"observer": "histogram", "smoothquant_alpha": "auto"}),
+    "int8_weight_only": ("int8_weight_only", {}),
+}
+
+
+def _calibration(arch, batches: int = 3) -> list[dict]:
+    return [arch.inputs(seed=10 + i) for i in range(batches)]
+
+
+def _quantize(arch, path, scheme, options):
+    config = Int8Config(scheme=scheme, **options)
+    data = _calibration(arch) if config.takes_calibration_data and (config.needs_calibration_data or options) else None
+    return quantize_model(arch.auto_class.from_pretrained(path), config, calibration_data=data)
+
+
+@pytest.fixture(params=sorted(ARCHS))
+def family(request, tmp_path):
+    arch = ARCHS[request.param]
+    path = tmp_path / f"{arch.name}-fp32"
+    arch.build().save_pretrained(path)
+    return arch, path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_scheme_saves_and_reloads_bit_exact(family, case, tmp_path):
+    arch, path = family
+    scheme, options = CASES[case]
+    qmodel = _quantize(arch, path, scheme, options)
+    inputs = arch.inputs()
+    reference = run(qmodel, inputs)
+    module_class = get_scheme(scheme).module_class
+    quantized = [name for name, module in qmodel.named_modules() if type(module) is module_class]
+    assert quantized and quantized == qmodel.config.quantization_config.manifest.int8_modules
+    qmodel.save_pretrained(tmp_path / "int8")
+
+    saved = json.loads((tmp_path / "int8" / "config.json").read_text())["quantization_config"]
+    assert saved["scheme"] == scheme and saved["format_version"] == 3
+    calibration = saved["manifest"].get("calibration")
+    if get_scheme(scheme).calibration != "none" and (options or get_scheme(scheme).calibration == "required"):
+        assert calibration["samples"] == 3
+        assert calibration["smoothquant_alpha"] == options.get("smoothquant_alpha")
+        assert (calibration["module_alphas"] != {}) == (options.get("smoothquant_alpha") == "auto")
+    else:
+        assert calibration is None
+
+    reloaded = arch.auto_class.from_pretrained(tmp_path / "int8")
+    assert torch.equal(run(reloaded, inputs), reference)
+    assert [n for n, m in reloaded.named_modules() if type(m) is module_class] == quantized
+    first = reloaded.get_submodule(quantized[0])
+    assert ("smooth_scale" in first.state_dict()) == ("smoothquant_alpha" in options)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_scheme_stays_close_to_fp32(family, case):
+    arch, path = family
+    inputs = arch.inputs()
+    fp32 = run(arch.auto_class.from_pretrained(path), inputs)
+    int8 = run(_quantize(arch, path, *CASES[case]), inputs)
+    assert torch.nn.functional.cosine_similarity(fp32.flatten(), int8.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("scheme", ["int8_dynamic", "int8_per_token", "int8_weight_only"])
+def test_quantize_while_loading_equals_quantize_model(family, scheme):
+    arch, path = family
+    config = Int8Config(scheme=scheme)
+    after = quantize_model(arch.auto_class.from_pretrained(path), config)
+    while_loading = arch.auto_class.from_pretrained(path, quantization_config=config)
+    inputs = arch.inputs()
+    assert torch.equal(run(while_loading, inputs), run(after, inputs))
+    after_state, loading_state = after.state_dict(), while_loading.state_dict()
+    assert after_state.keys() == loading_state.keys()
+    assert all(torch.equal(after_state[key], loading_state[key]) for key in after_state)
+
+
+@pytest.mark.parametrize("options", [{"scheme": "int8_static"}, {"scheme": "int8_per_token", "smoothquant_alpha": 0.5}])
+def test_quantizing_while_loading_refuses_what_needs_calibration(family, options):
+    arch, path = family
+    with pytest.raises(ValueError, match=r"needs calibration data.*quantize_model\(model, config, calibration_data="):
+        arch.auto_class.from_pretrained(path, quantization_config=Int8Config(**options))
+    with pytest.raises(ValueError, match="needs calibration data"):
+        quantize_model(arch.auto_class.from_pretrained(path), Int8Config(**options))
+
+
+def test_schemes_without_calibration_refuse_calibration_data(tmp_path):
+    arch = ARCHS["bert"]
+    for scheme in ("int8_dynamic", "int8_weight_only"):
+        with pytest.raises(ValueError, match=f"the '{scheme}' scheme .* takes none"):
+            quantize_model(arch.build(), Int8Config(scheme=scheme), calibration_data=_calibration(arch))
+
+
+def test_module_schemes_mix_schemes_and_the_manifest_records_them(tmp_path):
+    arch = TINY_LLAMA
+    model = arch.build()
+    config = Int8Config(scheme="int8_per_token", module_schemes={"lm_head": "int8_weight_only",
+                                                                 "model.layers.*.mlp.down_proj": "int8_weight_only"},
+                        modules_in_fp32=["model.layers.0.self_attn.q_proj"])
+    qmodel = quantize_model(model, config)
+    assert isinstance(qmodel.lm_head, Int8WeightOnlyLinear)
+    assert isinstance(qmodel.model.layers[1].mlp.down_proj, Int8WeightOnlyLinear)
+    assert isinstance(qmodel.model.layers[1].mlp.up_proj, Int8PerTokenLinear)
+    assert type(qmodel.model.layers[0].self_attn.q_proj) is nn.Linear
+    manifest = qmodel.config.quantization_config.manifest
+    assert manifest.module_schemes == {"model.layers.0.mlp.down_proj": "int8_weight_only",
+                                       "model.layers.1.mlp.down_proj": "int8_weight_only", "lm_head": "int8_weight_only"}
+    inputs = arch.inputs()
+    reference = run(qmodel, inputs)
+    qmodel.save_pretrained(tmp_path / "mixed")
+    reloaded = arch.auto_class.from_pretrained(tmp_path / "mixed")
+    assert isinstance(reloaded.lm_head, Int8WeightOnlyLinear)
+    assert torch.equal(run(reloaded, inputs), reference)
+
+
+def test_static_scales_are_the_observers_and_are_tensors_in_the_checkpoint(tmp_path):
+    from safetensors import safe_open
+
+    arch = ARCHS["bart"]
+    model = quantize_model(arch.build(), Int8Config(scheme="int8_static"), calibration_data=_calibration(arch))
+    layer = model.model.encoder.layers[0].fc1
+    assert isinstance(layer, Int8StaticActivationLinear)
+    assert layer.input_scale.item() > 0 and 0 <= layer.input_zero_point.item() <= 255
+    model.save_pretrained(tmp_path / "static")
+    with safe_open(tmp_path / "static" / "model.safetensors", "pt") as tensors:
+        assert tensors.get_tensor("model.encoder.layers.0.fc1.input_scale").dtype == torch.float32
+        assert tensors.get_tensor("model.encoder.layers.0.fc1.input_zero_point").dtype == torch.int32
+
+
+def test_config_errors_name_the_bad_option():
+    with pytest.raises(ConfigError, match="scheme is 'int4'; supported schemes are"):
+        Int8Config(scheme="int4")
+    with pytest.raises(ConfigError, match="smoothquant_alpha applies to"):
+        Int8Config(scheme="int8_weight_only", smoothquant_alpha=0.5)
+    with pytest.raises(ConfigError, match=r"smoothquant_alpha must be a number in \[0, 1\]"):
+        Int8Config(scheme="int8_per_token", smoothquant_alpha=1.5)
+    with pytest.raises(ConfigError, match="has no static activation scales to observe"):
+        Int8Config(scheme="int8_per_token", observer="minmax")
+    with pytest.raises(ConfigError, match=r"module_schemes\['lm_head'\] is 'ibert'"):
+        Int8Config(module_schemes={"lm_head": "ibert"})
+    with pytest.raises(ConfigError, match="module_schemes apply to the Linear schemes"):
+        Int8Config(scheme="ibert", module_schemes={"x": "int8_dynamic"})
+
+
+def test_every_registered_linear_scheme_is_covered_here():
+    assert {scheme for scheme, _ in CASES.values()} == set(LINEAR_SCHEMES)
