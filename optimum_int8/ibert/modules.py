@@ -13,6 +13,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 from ..nn import integer_ops as ops
 from ..nn.integer_layers import IntegerEmbedding, IntegerEncoderLayer, IntegerLayerNorm, _ScaledModule
 from .architecture import EncoderFamily, check_sequence_length
+from .compilation import CompiledFunction
 
 EMBEDDING_TABLES = ("word_embeddings", "position_embeddings", "token_type_embeddings")
 
@@ -25,9 +26,11 @@ class IntegerEmbeddings(_ScaledModule):
     """Word + position + token-type lookups in int8, summed to 16 bits, integer LayerNorm, int8 out.
 
     Returns the dequantized float hidden states (and, for I-BERT, their scale) to the base model's forward.
+    ``compiled``: run through ``torch.compile`` (``compilation``), the default.
     """
 
     scale_bits = {"sum": 16, "output": 8}
+    compiled = True
 
     def __init__(self, config, family: EncoderFamily, activation_scales: dict, device=None):
         super().__init__(activation_scales)
@@ -63,13 +66,27 @@ class IntegerEmbeddings(_ScaledModule):
             position_ids = self._position_ids(input_ids, cache_length)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        lookups = (self.word_embeddings(input_ids), self.position_embeddings(position_ids),
-                   self.token_type_embeddings(token_type_ids))
-        summed = ops.requantize_sum(zip(lookups, self.multipliers), self.offset, self.shift, 16)
-        hidden = dequantize(self.LayerNorm(summed), self.activation_scales["output"])
+        embed = _compiled_embed if self.compiled else _embed
+        hidden = embed(self, input_ids, position_ids, token_type_ids)
         if self.return_scale:
             return hidden, torch.tensor([self.activation_scales["output"]])
         return hidden
+
+
+def _embed(embeddings: IntegerEmbeddings, input_ids, position_ids, token_type_ids) -> torch.Tensor:
+    lookups = (embeddings.word_embeddings(input_ids), embeddings.position_embeddings(position_ids),
+               embeddings.token_type_embeddings(token_type_ids))
+    summed = ops.requantize_sum(zip(lookups, embeddings.multipliers), embeddings.offset, embeddings.shift, 16)
+    return dequantize(embeddings.LayerNorm(summed), embeddings.activation_scales["output"])
+
+
+def _layer(layer: IntegerEncoderLayer, codes: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    return layer(codes, keep)
+
+
+# One compiled function each, shared by every model of the process: batch and sequence dims dynamic.
+_compiled_embed = CompiledFunction(_embed, dynamic={1: (0, 1), 2: (0, 1), 3: (0, 1)})
+_compiled_layer = CompiledFunction(_layer, dynamic={1: (0, 1), 2: (0, 3)})
 
 
 def keep_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -99,7 +116,10 @@ class IntegerEncoder(nn.Module):
     """The stack of ``IntegerEncoderLayer``: quantizes its input once, runs every layer on int8, dequantizes once.
 
     ``scales`` maps paths relative to this module (``layer.0.attention.self``, ...) to activation scales.
+    ``compiled``: run the layers through ``torch.compile`` (``compilation``), the default.
     """
+
+    compiled = True
 
     def __init__(self, config, scales: dict[str, dict], device=None):
         super().__init__()
@@ -134,24 +154,22 @@ class IntegerEncoder(nn.Module):
         check_sequence_length(hidden_states.shape[1])
         codes = self.input(hidden_states)
         keep = keep_mask(attention_mask)
+        run = _compiled_layer if self.compiled else _layer
         for layer in self.layer:
-            codes = layer(codes, keep)
+            codes = run(layer, codes, keep)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=dequantize(codes, self.output_scale))
 
 
-def compile_integer_layers(model: nn.Module, **compile_options) -> nn.Module:
-    """``torch.compile`` the integer embeddings and encoder layers of ``model`` in place (and return it).
+def compile_integer_layers(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Run the integer embeddings and encoder layers of ``model`` through ``torch.compile`` (the default after
+    loading or quantizing), or eagerly with ``enabled=False``; returns ``model``.
 
-    Eager PyTorch runs each integer op as its own pass over int64 tensors; inductor fuses every stage
-    (requantization, i-exp softmax, i-GELU, LayerNorm) into one vectorized loop. All encoder layers share one
-    compiled graph. Integer arithmetic makes the outputs bit-identical to eager mode. The first call compiles
-    (needs a C++ compiler; about a minute on 2 cores, seconds once inductor's cache is warm).
+    Compiling is lazy: the first call of a process compiles (``compilation``), and all encoder layers share
+    one graph. Integer arithmetic makes the outputs bit-identical either way.
     """
-    found = False
-    for module in model.modules():
-        if isinstance(module, (IntegerEmbeddings, IntegerInput, IntegerEncoderLayer)):
-            module.compile(**compile_options)
-            found = True
-    if not found:
+    modules = [m for m in model.modules() if isinstance(m, (IntegerEmbeddings, IntegerEncoder))]
+    if not modules:
         raise ValueError(f"{type(model).__name__} has no integer-only modules; quantize it with Int8Config(scheme='ibert') first.")
+    for module in modules:
+        module.compiled = enabled
     return model
