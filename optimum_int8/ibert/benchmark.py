@@ -1,22 +1,28 @@
-"""The ibert scheme in ``optimum-int8 benchmark``: a RoBERTa-base-shaped preset, a forward workload, four variants.
+"""The ibert scheme in ``optimum-int8 benchmark``: RoBERTa-base and BERT-base presets, two workloads, four variants.
 
-    flock /tmp/optimum-int8-heavy.lock optimum-int8 benchmark roberta-base --workloads forward \\
-        --variants fp32 bf16 int8 ibert ibert-compiled fp32-compiled ibert-simulation
+    flock /tmp/optimum-int8-cpu.lock optimum-int8 benchmark roberta-base --workloads forward \\
+        --variants fp32 bf16 int8 ibert ibert-eager fp32-compiled ibert-simulation
+    flock /tmp/optimum-int8-cpu.lock optimum-int8 benchmark roberta-base --workloads first-forward \\
+        --variants fp32 ibert --repeats 1 --warmup 0
 
 Every variant is built from the preset's fp32 checkpoint (random seeded weights) and timed by the shared
 runner, interleaved, so the ratios come from one run:
 
-- ``ibert``: our integer-only model (activation scales calibrated on random token batches), eager PyTorch;
-- ``ibert-compiled``: the same checkpoint after ``compile_integer_layers`` (the warm-up call compiles);
-- ``fp32-compiled``: ``torch.compile`` of the fp32 model, the like-for-like reference for ``ibert-compiled``;
+- ``ibert``: our integer-only model (activation scales calibrated on random token batches) as
+  ``from_pretrained`` returns it: its integer layers compile lazily (``compilation``), in the warm-up call;
+- ``ibert-eager``: the same checkpoint with compiling switched off (``compile_integer_layers(model, False)``);
+- ``fp32-compiled``: ``torch.compile`` of the fp32 model, the like-for-like reference for ``ibert``;
 - ``ibert-simulation``: transformers' ``IBertForSequenceClassification`` in ``quant_mode=True`` with the same
   weights, its activation ranges recorded by a calibration pass (RoBERTa checkpoints only).
 """
 
+import os
+import tempfile
 from pathlib import Path
 
 import torch
-from transformers import IBertConfig, IBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from torch._inductor import codecache
+from transformers import BertConfig, BertForSequenceClassification, IBertConfig, IBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
 from ..benchmark.presets import ModelPreset, register_preset
 from ..benchmark.variants import Variant, load_float32, load_int8, model_class, register_variant
@@ -28,6 +34,10 @@ from .modules import compile_integer_layers
 ROBERTA_BASE_SHAPE = dict(
     vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
     max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, num_labels=2,
+)
+BERT_BASE_SHAPE = dict(
+    vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    max_position_embeddings=512, type_vocab_size=2, pad_token_id=0, num_labels=2,
 )
 # What I-BERT's config shares with the RoBERTa it is built from.
 _SHARED_CONFIG = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -51,8 +61,8 @@ def build_ibert(fp32_dir: Path, out_dir: Path) -> None:
     model.save_pretrained(out_dir)
 
 
-def load_ibert_compiled(directory: Path):
-    return compile_integer_layers(load_int8(directory))
+def load_ibert_eager(directory: Path):
+    return compile_integer_layers(load_int8(directory), enabled=False)
 
 
 def load_float32_compiled(directory: Path):
@@ -79,14 +89,43 @@ def build_ibert_simulation(fp32_dir: Path, out_dir: Path) -> None:
     simulation.eval().save_pretrained(out_dir)
 
 
-register_variant(Variant("ibert", "ibert integer-only", "optimum-int8 ibert scheme: integer-only encoder, eager PyTorch",
-                         build_ibert, load_int8))
-register_variant(Variant("ibert-compiled", "ibert compiled", "the ibert checkpoint after compile_integer_layers "
-                         "(torch.compile; the warm-up run compiles)", build_ibert, load_ibert_compiled))
+register_variant(Variant("ibert", "ibert integer-only", "optimum-int8 ibert scheme: integer-only encoder as loaded "
+                         "(compiled lazily: the first call compiles)", build_ibert, load_int8))
+register_variant(Variant("ibert-eager", "ibert eager", "the ibert checkpoint with compiling off "
+                         "(compile_integer_layers(model, enabled=False))", build_ibert, load_ibert_eager))
 register_variant(Variant("fp32-compiled", "torch fp32 compiled", "the fp32 model after torch.compile", None,
                          load_float32_compiled))
 register_variant(Variant("ibert-simulation", "transformers I-BERT sim", "transformers' IBert with quant_mode=True "
                          "(float simulation of integer arithmetic), same weights", build_ibert_simulation, load_float32))
+
+def _first_forward(model, inputs, sizes):
+    """A forward pass as the first call of a fresh process on a machine that never compiled this model: torch's
+    compiled graphs are dropped and inductor's caches point at an empty directory, so a lazily compiled model
+    pays its whole compile again. A model that does not compile runs a plain forward."""
+    torch.compiler.reset()
+    for cache in (codecache.PyCodeCache, codecache.CppCodeCache):
+        cache.cache_clear()
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="ibert-first-call-") as cold_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold_cache
+        try:
+            return model(**inputs)
+        finally:
+            if previous is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+            torch.compiler.reset()
+
+
+register_workload(Workload(
+    "first-forward",
+    lambda s: f"first call {s['batch']}x{s['length']}",
+    dict(batch=8, length=128),
+    lambda config: not getattr(config, "is_encoder_decoder", False),
+    lambda config, s, generator: random_token_ids(config, s["batch"], s["length"], generator),
+    _first_forward,
+))
 
 register_workload(Workload(
     "forward",
@@ -103,11 +142,16 @@ register_preset(ModelPreset(
     lambda: RobertaForSequenceClassification(RobertaConfig(**ROBERTA_BASE_SHAPE)),
 ))
 register_preset(ModelPreset(
+    "bert-base",
+    "BERT-base shapes (12 layers, hidden 768, 12 heads, FFN 3072, vocab 30522), sequence classifier, random weights",
+    lambda: BertForSequenceClassification(BertConfig(**BERT_BASE_SHAPE)),
+))
+register_preset(ModelPreset(
     "roberta-tiny",
     "a 2-layer RoBERTa classifier with hidden size 32, for tests",
     lambda: RobertaForSequenceClassification(RobertaConfig(
         **{**ROBERTA_BASE_SHAPE, "vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
            "intermediate_size": 64, "max_position_embeddings": 130}
     )),
-    sizes={"forward": dict(batch=2, length=32)},
+    sizes={"forward": dict(batch=2, length=32), "first-forward": dict(batch=2, length=32)},
 ))
