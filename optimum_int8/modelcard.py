@@ -15,7 +15,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers.models.auto import modeling_auto
 
 from . import checkpoint
-from .configuration import QUANT_METHOD, SCHEME_INT8_DYNAMIC, Int8Config, metric_loss
+from .configuration import QUANT_METHOD, Int8Config, metric_loss
+from .schemes import get_scheme
 
 CARD_NAME = "README.md"
 GENERATED_MARKER = (
@@ -24,15 +25,6 @@ GENERATED_MARKER = (
 )
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
-METHOD_TAGS = {SCHEME_INT8_DYNAMIC: "dynamic-quantization"}
-METHOD_SENTENCES = {
-    SCHEME_INT8_DYNAMIC: (
-        "Dynamic int8 quantization with optimum-int8: each int8 "
-        "Linear module stores its weight as int8 with one fp32 scale per output channel, and quantizes its input "
-        "activations to int8 on the fly at every call (on x86 CPUs: oneDNN's int8 kernels on AMX, fbgemm's elsewhere "
-        "and for decoding)."
-    ),
-}
 DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
                 "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -262,7 +254,8 @@ def build_model_card(
             dataset_split=_record_field(record, "dataset_split", "split"),
             metric_type=record.metric, metric_name=record.metric, metric_value=record.int8_value,
         )]
-    method_tag = METHOD_TAGS.get(config.scheme, config.scheme.replace("_", "-"))
+    scheme = get_scheme(config.scheme)
+    method_tag = scheme.card_tag
     card_data = ModelCardData(
         model_name=repo_id.split("/")[-1],
         base_model=base_model,
@@ -276,7 +269,7 @@ def build_model_card(
         pipeline_tag=task,
         eval_results=eval_results,
     )
-    method = METHOD_SENTENCES.get(config.scheme, f"Quantized with optimum-int8's `{config.scheme}` scheme.")
+    method = scheme.card_sentence
     if base_model:
         method += f" Quantized from `{base_model}`."
     with_tokenizer = any((save_directory / name).is_file() for name in TOKENIZER_FILES)

@@ -151,10 +151,10 @@ class Int8HfQuantizer(HfQuantizer):
         self._calibration, batches, alphas = calibration.calibrate(
             model, schemes, self.calibration_data, config.smoothquant_alpha, config.observer, qmax
         )
-        observers = {o for s in schemes.values() for o in s.observers}
+        default_observer = next((s.observers[0] for s in schemes.values() if s.observers), None)
         self._calibration_record = CalibrationRecord(
             samples=batches,
-            observer=(config.observer or next(iter(sorted(observers)))) if observers else None,
+            observer=(config.observer or default_observer) if default_observer else None,
             smoothquant_alpha=config.smoothquant_alpha,
             module_alphas=alphas if config.smoothquant_alpha == "auto" else {},
         )
@@ -368,9 +368,10 @@ def quantize_model(model: PreTrainedModel, config: Int8Config | None = None, cal
     config = copy.deepcopy(config) if config is not None else Int8Config()
     config.manifest = None
     if calibration_data is not None and not config.takes_calibration_data:
+        smoothing = " without smoothquant_alpha" if get_scheme(config.scheme).smoothing else ""
         raise ValueError(
-            f"calibration_data sets static activation scales or SmoothQuant factors; the {config.scheme!r} scheme "
-            "quantizes activations per call (or not at all) and takes none."
+            f"calibration_data sets static activation scales or SmoothQuant factors; the {config.scheme!r} scheme"
+            f"{smoothing} quantizes activations per call (or not at all) and takes none."
         )
     quantizer = Int8HfQuantizer(config, pre_quantized=False, calibration_data=calibration_data)
     quantizer.validate_environment()

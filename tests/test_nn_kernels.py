@@ -161,3 +161,77 @@ def test_packed_weight_dispatches_by_rows_and_packs_the_short_backend_on_first_u
     for clone in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed))):
         assert torch.equal(clone.unpack()[0], weight_int8) and clone.plan == packed.plan
         assert torch.equal(clone.linear(tall, torch.float32), expected_tall)
+
+
+@pytest.mark.parametrize(
+    "cpu, activations, expected",
+    [
+        (AMX, "per_token", KernelPlan("onednn", False, "fbgemm", 2, "per_token")),
+        (VNNI, "per_token", KernelPlan("onednn", False, "fbgemm", 2, "per_token")),
+        (AVX2, "per_token", KernelPlan("fbgemm", True, activations="per_token")),
+        (VNNI, "static", KernelPlan("onednn", False, "fbgemm", 32, "static")),
+        (AVX2, "static", KernelPlan("fbgemm", True, activations="static")),
+    ],
+    ids=["amx-per-token", "vnni-per-token", "avx2-per-token", "vnni-static", "avx2-static"],
+)
+def test_dispatch_per_activation_granularity(cpu, activations, expected):
+    assert kernels.plan(capabilities=cpu, activations=activations) == expected
+
+
+def test_no_kernel_for_a_granularity_is_a_clear_error():
+    with pytest.raises(KernelUnavailableError, match="for per-token activations runs on this CPU"):
+        kernels.plan(capabilities=CpuCapabilities(), activations="per_token")
+    with pytest.raises(ValueError, match="activation granularity 'per_channel' is unknown"):
+        kernels.plan(activations="per_channel")
+
+
+def _per_token_reference(x, weight_int8, weight_scale, bias):
+    scales = (x.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12)
+    codes = torch.round(x / scales).clamp(-127, 127)
+    return (codes @ weight_int8.float().t()) * scales * weight_scale + bias
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+@pytest.mark.parametrize("rows", [1, 5])
+def test_per_token_gemms_quantize_each_row_with_its_own_scale(backend, rows):
+    weight_int8, weight_scale, bias = _weights()
+    x = torch.randn(rows, 40) * torch.logspace(-2, 2, rows)[:, None]  # rows of very different magnitude
+    packed = kernels.BACKENDS[backend].pack(weight_int8, weight_scale, bias)
+    output = kernels.BACKENDS[backend].linear_per_token(x, packed, torch.float32)
+    reference = _per_token_reference(x, weight_int8, weight_scale, bias)
+    assert torch.allclose(output, reference, rtol=1e-4, atol=1e-4 * reference.abs().max())
+    assert kernels.BACKENDS[backend].linear_per_token(x.bfloat16(), packed, torch.bfloat16).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_static_gemms_use_the_given_scale_and_clamp_outside_it(backend):
+    weight_int8, weight_scale, bias = _weights()
+    x = torch.randn(6, 40)
+    x[0, 0] = 100.0  # outside the calibrated range: clamped to the largest code
+    scale, zero_point = 0.02, 120
+    codes = (torch.round(x / scale) + zero_point).clamp(0, 255) - zero_point
+    reference = (codes * scale) @ (weight_int8.float() * weight_scale[:, None]).t() + bias
+    packed = kernels.BACKENDS[backend].pack(weight_int8, weight_scale, bias)
+    output = kernels.BACKENDS[backend].linear_static(x, packed, scale, zero_point, torch.float32)
+    assert torch.allclose(output, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("in_features, rows", [(40, 3), (64, 3), (64, kernels.weight_only.DEQUANTIZED_MIN_ROWS)],
+                         ids=["odd-width", "kernel", "tall"])
+def test_weight_only_gemm_multiplies_bf16_activations_by_exact_scales(in_features, rows):
+    weight_int8, _, bias = _weights(in_features=in_features)
+    scales = kernels.weight_only.bf16_representable_scales(torch.rand(48) / 100 + 1e-3)
+    assert torch.equal(scales.bfloat16().float(), scales)
+    x = torch.randn(rows, in_features)
+    packed = kernels.weight_only.pack(weight_int8, scales)
+    reference = x.bfloat16().float() @ (weight_int8.float() * scales[:, None]).t() + bias
+    output = kernels.weight_only.linear(x, packed, bias, torch.float32)
+    assert torch.allclose(output, reference, rtol=2e-2, atol=2e-2 * reference.abs().max())
+    with pytest.raises(ValueError, match="must be bf16-representable"):
+        kernels.weight_only.pack(weight_int8, scales + 1e-7)
+
+
+def test_bf16_representable_scales_round_up_so_codes_stay_in_range():
+    scales = torch.tensor([1.0001, 0.3, 1e-3, 7.77])
+    rounded = kernels.weight_only.bf16_representable_scales(scales)
+    assert (rounded >= scales).all() and torch.equal(rounded.bfloat16().float(), rounded)

@@ -32,7 +32,7 @@ def _calibration(arch, batches: int = 3) -> list[dict]:
 
 def _quantize(arch, path, scheme, options):
     config = Int8Config(scheme=scheme, **options)
-    data = _calibration(arch) if config.takes_calibration_data and (config.needs_calibration_data or options) else None
+    data = _calibration(arch) if config.needs_calibration_data else None
     return quantize_model(arch.auto_class.from_pretrained(path), config, calibration_data=data)
 
 
@@ -59,7 +59,7 @@ def test_every_scheme_saves_and_reloads_bit_exact(family, case, tmp_path):
     saved = json.loads((tmp_path / "int8" / "config.json").read_text())["quantization_config"]
     assert saved["scheme"] == scheme and saved["format_version"] == 3
     calibration = saved["manifest"].get("calibration")
-    if get_scheme(scheme).calibration != "none" and (options or get_scheme(scheme).calibration == "required"):
+    if Int8Config(scheme=scheme, **options).needs_calibration_data:
         assert calibration["samples"] == 3
         assert calibration["smoothquant_alpha"] == options.get("smoothquant_alpha")
         assert (calibration["module_alphas"] != {}) == (options.get("smoothquant_alpha") == "auto")
@@ -106,7 +106,7 @@ def test_quantizing_while_loading_refuses_what_needs_calibration(family, options
 
 def test_schemes_without_calibration_refuse_calibration_data(tmp_path):
     arch = ARCHS["bert"]
-    for scheme in ("int8_dynamic", "int8_weight_only"):
+    for scheme in ("int8_dynamic", "int8_weight_only", "int8_per_token"):
         with pytest.raises(ValueError, match=f"the '{scheme}' scheme .* takes none"):
             quantize_model(arch.build(), Int8Config(scheme=scheme), calibration_data=_calibration(arch))
 

@@ -219,3 +219,24 @@ def test_garbage_json_evaluation_data_is_named(model_and_data, tmp_path, capsys)
     data.write_text("{not json")
     assert cli.main(["evaluate", str(model_dir), "--task", "text-classification", "--dataset", str(data)]) == 2
     _one_line_error(capsys, "bad.json is not a readable json file")
+
+
+def test_quantize_with_a_calibrated_scheme_from_the_shell(model_and_data, tmp_path, capsys):
+    from optimum_int8.nn import Int8StaticActivationLinear
+
+    model_dir, data = model_and_data
+    out = tmp_path / "static"
+    assert cli.main(["quantize", str(model_dir), "--scheme", "int8_static", "--smoothquant-alpha", "auto",
+                     "--observer", "histogram", "--task", "text-classification", "--calibration-dataset", str(data),
+                     "--column", "text=review", "--column", "label=stars", "--calibration-samples", "4",
+                     "-o", str(out)]) == 0
+    qmodel = INCModelForSequenceClassification.from_pretrained(out)
+    assert isinstance(qmodel.bert.encoder.layer[0].output.dense, Int8StaticActivationLinear)
+    calibration = qmodel.config.quantization_config.manifest.calibration
+    assert calibration.observer == "histogram" and calibration.smoothquant_alpha == "auto" and calibration.module_alphas
+
+    assert cli.main(["quantize", str(model_dir), "--scheme", "int8_static", "-o", str(tmp_path / "x")]) == 2
+    assert "calibrates activations: give --calibration-dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["quantize", str(model_dir), "--smoothquant-alpha", "high", "-o", str(tmp_path / "y")])
+    assert exited.value.code == 2 and "must be a number in [0, 1] or 'auto', got 'high'" in capsys.readouterr().err

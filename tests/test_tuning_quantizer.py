@@ -351,3 +351,47 @@ def test_negative_or_absurd_tolerances_and_budgets_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         TuningConfig(**kwargs)
     assert TuningConfig(tolerable_loss=5.0, tolerance_mode="absolute").tolerable_loss == 5.0
+
+
+def test_weight_only_repairs_instead_of_float_fallbacks_and_the_record_says_so(counted):
+    from optimum_int8.nn import Int8WeightOnlyLinear
+
+    model = sensitive_bert()
+
+    def repaired(qmodel) -> float:
+        """A metric hurt only by W8A8 in the sensitive modules: weight-only int8 there passes."""
+        return 1.0 - 0.1 * sum(type(qmodel.get_submodule(name)) is Int8DynamicLinear for name in SENSITIVE)
+
+    qmodel = tune(model, repaired, tolerable_loss=0.01, fallback_dtype="int8_weight_only")
+    manifest = qmodel.config.quantization_config.manifest
+    assert manifest.fallback_modules == {}
+    assert manifest.module_schemes == dict.fromkeys(SENSITIVE, "int8_weight_only")
+    assert all(isinstance(qmodel.get_submodule(name), Int8WeightOnlyLinear) for name in SENSITIVE)
+    assert set(manifest.int8_modules) == set(find_float_linears(model))
+    assert manifest.tuning.tolerance_met and manifest.tuning.fallback_dtype == "int8_weight_only"
+    assert {t["fallback_dtype"] for t in manifest.tuning.trial_results} == {"int8_weight_only"}
+
+
+def test_trials_keep_the_configs_scheme_and_its_calibration():
+    from optimum_int8.nn import Int8StaticActivationLinear
+
+    model = sensitive_bert()
+    qmodel = INCQuantizer(model).quantize(
+        Int8Config(scheme="int8_static", smoothquant_alpha=0.5),
+        tuning=TuningConfig(tolerable_loss=1.0, fallback_dtype="float32"), eval_fn=Fidelity(model, calibration_inputs()),
+        calibration_dataset=[calibration_inputs()], show_progress=False,
+    )
+    int8 = [m for m in qmodel.modules() if isinstance(m, Int8StaticActivationLinear)]
+    assert int8 and all(m.smooth_scale is not None for m in int8)
+    calibration = qmodel.config.quantization_config.manifest.calibration
+    assert calibration.samples == 1 and calibration.smoothquant_alpha == 0.5 and calibration.observer == "minmax"
+
+
+def test_untuned_quantize_calibrates_on_calibration_dataset_and_refuses_without_it():
+    from optimum_int8.nn import Int8StaticActivationLinear
+
+    model = TINY_ARCHS["bert"].build()
+    qmodel = INCQuantizer(model).quantize(Int8Config(scheme="int8_static"), calibration_dataset=[calibration_inputs()])
+    assert isinstance(qmodel.bert.encoder.layer[0].output.dense, Int8StaticActivationLinear)
+    with pytest.raises(ValueError, match="calibrates its activations: pass calibration_dataset="):
+        INCQuantizer(model).quantize(Int8Config(scheme="int8_static"))

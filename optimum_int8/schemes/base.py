@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-# What calibration data a scheme takes: none, optional (only for SmoothQuant), or required (static scales).
+# What calibration data a scheme takes besides SmoothQuant's (any scheme with ``smoothing``): none, optional,
+# or required (static scales).
 CALIBRATION_NONE, CALIBRATION_OPTIONAL, CALIBRATION_REQUIRED = "none", "optional", "required"
 
 

@@ -1,7 +1,7 @@
 """``int8_per_token``: dynamic W8A8 with one activation scale per token, optionally after SmoothQuant."""
 
 from ..nn import Int8PerTokenLinear
-from .base import CALIBRATION_OPTIONAL, Scheme
+from .base import Scheme
 
 SCHEME = Scheme(
     name="int8_per_token",
@@ -16,6 +16,5 @@ SCHEME = Scheme(
     convert=lambda weight, bias, calibration: Int8PerTokenLinear.from_weight(
         weight, bias, smooth_scale=calibration.smooth_scale if calibration else None
     ),
-    calibration=CALIBRATION_OPTIONAL,
-    smoothing=True,
+    smoothing=True,  # calibration data only with smoothquant_alpha
 )

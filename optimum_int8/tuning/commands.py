@@ -13,8 +13,11 @@ from pathlib import Path
 
 from .. import saving
 from ..cli import add_debug_argument
+from ..configuration import DEFAULT_SCHEME
 from ..evaluation import distributed
+from ..schemes import SCHEMES
 from ..tasks import TASK_ALIASES, TASK_METRICS, TASKS
+from .config import FALLBACK_DTYPE_CHOICES
 
 # The best model found was saved, but it misses the tolerance (a warning and the manifest say so too).
 TOLERANCE_MISSED_EXIT_CODE = 3
@@ -56,8 +59,9 @@ def _check_inputs(args) -> None:
         raise FileNotFoundError(f"model directory {args.model_dir} does not exist.")
     if not args.model_dir.is_dir() or not (args.model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{args.model_dir} is not a model directory: it has no config.json.")
-    if args.dataset is not None and not args.dataset.is_file():
-        raise FileNotFoundError(f"dataset file {args.dataset} does not exist" + (" (it is a directory)." if args.dataset.exists() else "."))
+    for what, path in (("dataset", args.dataset), ("calibration dataset", getattr(args, "calibration_dataset", None))):
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"{what} file {path} does not exist" + (" (it is a directory)." if path.exists() else "."))
 
 
 def _generation_kwargs(args) -> dict:
@@ -72,6 +76,16 @@ QUANTIZE_DESCRIPTION = (
 EVALUATE_HELP = "evaluate a model (int8 or fp32) with a task's built-in metrics"
 
 
+def _alpha(text: str):
+    """``--smoothquant-alpha``: a number in [0, 1] or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1] or 'auto', got {text!r}") from None
+
+
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_arguments(parser, dataset_required=False)
     parser.add_argument("-o", "--output", type=Path, required=True,
@@ -82,8 +96,18 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--absolute", action="store_true", help="tolerance in metric units instead of relative")
     parser.add_argument("--max-trials", type=int, help="most int8 evaluations (default: ceil(log2(#Linear)) + 3)")
     parser.add_argument("--timeout", type=float, help="seconds for the whole tuning, checked between trials")
-    parser.add_argument("--fallback-dtype", choices=["auto", "float32", "bfloat16"], default="auto")
-    parser.add_argument("--calibration-samples", type=int, default=8, help="rows used to rank module sensitivity")
+    parser.add_argument("--fallback-dtype", choices=FALLBACK_DTYPE_CHOICES, default="auto",
+                        help="how tuning repairs the most sensitive modules: float32/bfloat16 fallbacks, or weight-only int8")
+    parser.add_argument("--scheme", choices=[n for n, s in SCHEMES.items() if s.module_class is not None],
+                        default=DEFAULT_SCHEME, help="quantization scheme (docs/schemes.md)")
+    parser.add_argument("--smoothquant-alpha", type=_alpha, metavar="ALPHA|auto",
+                        help="SmoothQuant migration strength in [0, 1] or 'auto' (per-token and static schemes)")
+    parser.add_argument("--observer", choices=["minmax", "histogram"], help="static scheme: how activation ranges are set")
+    parser.add_argument("--calibration-dataset", type=Path,
+                        help="rows to calibrate static scales / SmoothQuant on, and to rank module sensitivity "
+                             "(json/jsonl/csv/tsv/parquet, columns as for --dataset; default for ranking: --dataset)")
+    parser.add_argument("--calibration-samples", type=int, default=8,
+                        help="rows of the calibration data used (calibration and sensitivity ranking)")
     parser.add_argument("--modules-in-fp32", nargs="*", default=[], metavar="NAME", help="always keep these in fp32")
     parser.add_argument("--modules-in-bf16", nargs="*", default=[], metavar="NAME", help="always keep these in bf16")
     parser.add_argument("--verbose", action="store_true", help="show neural-compressor's logs")
@@ -130,9 +154,18 @@ def _quantize(args) -> int:
             max_trials=args.max_trials, timeout=args.timeout, fallback_dtype=args.fallback_dtype,
             calibration_samples=args.calibration_samples, verbose=args.verbose,
         )
+    config = Int8Config(modules_in_fp32=args.modules_in_fp32, modules_in_bf16=args.modules_in_bf16, scheme=args.scheme,
+                        smoothquant_alpha=args.smoothquant_alpha, observer=args.observer)
+    if config.needs_calibration_data and args.calibration_dataset is None:
+        raise ValueError(f"--scheme {args.scheme}" + (f" --smoothquant-alpha {args.smoothquant_alpha}" if args.smoothquant_alpha is not None else "")
+                         + " calibrates activations: give --calibration-dataset (and --task to tokenize it).")
+    if args.calibration_dataset is not None and args.task is None:
+        raise ValueError("--calibration-dataset needs --task (how to tokenize its rows).")
     qmodel = quantizer.quantize(
-        Int8Config(modules_in_fp32=args.modules_in_fp32, modules_in_bf16=args.modules_in_bf16), tuning=tuning,
+        config, tuning=tuning,
         eval_dataset=str(args.dataset) if args.dataset else None, save_directory=args.output, overwrite=args.overwrite,
+        calibration_dataset=str(args.calibration_dataset) if args.calibration_dataset else None,
+        calibration_samples=args.calibration_samples,
         columns=_columns(args.column),
         batch_size=args.batch_size, max_length=args.max_length, max_eval_samples=args.max_eval_samples,
         generation_kwargs=_generation_kwargs(args),

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from ..configuration import TOLERANCE_MODES, metric_loss
 
-FALLBACK_DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+FALLBACK_DTYPE_CHOICES = ("auto", "float32", "bfloat16", "int8_weight_only")
 
 
 def _is_number(value) -> bool:
@@ -35,6 +35,8 @@ class TuningConfig:
         fallback_dtype: precision of modules kept in float. ``"auto"`` searches with fp32 fallbacks and,
             on a CPU with native bf16 (AVX-512 BF16 / AMX), spends one more trial to try them in bf16
             and keeps bf16 if it still meets the tolerance. ``"float32"`` / ``"bfloat16"`` force one.
+            ``"int8_weight_only"`` repairs the most sensitive modules with weight-only int8 instead of float
+            (a quarter of fp32's bytes; for W8A8 schemes, where the activations are what hurts).
         calibration_samples: dataset rows used once to rank modules by sensitivity.
         metric_key: the entry of a user metric's result dict to tune on.
         verbose: show neural-compressor's own logs (per-trial tables).

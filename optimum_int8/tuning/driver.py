@@ -33,7 +33,8 @@ from .config import TuningConfig
 from .scheme import Int8DynamicFallbackConfig, nc_quantization, neural_compressor_logs
 from .search import FallbackCountSearch, evaluation_budget
 
-DTYPE_COST = {"bfloat16": 0, "float32": 1}  # bytes read per fallback weight, relatively: bf16 is cheaper
+# bytes read per repaired weight, relatively: weight-only int8 < bf16 < fp32
+DTYPE_COST = {"int8_weight_only": -1, "bfloat16": 0, "float32": 1}
 
 
 class EvalFnFailedWarning(UserWarning):

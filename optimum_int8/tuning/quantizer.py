@@ -20,6 +20,7 @@ from ..tasks import task_spec
 from . import sensitivity
 from .config import TuningConfig
 from .driver import AutotuneDriver, SearchOutcome
+from .scheme import trial_base
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class INCQuantizer:
         max_eval_samples: int | None = None,
         generation_kwargs: dict | None = None,
         show_progress: bool = True,
+        calibration_samples: int | None = None,
     ) -> PreTrainedModel:
         """Quantize; with ``tuning``, keep the fewest most-sensitive modules in float that meet the tolerance.
 
@@ -161,18 +163,31 @@ class INCQuantizer:
             eval_dataset: a ``datasets.Dataset`` or local json/jsonl/csv/tsv/parquet file, evaluated
                 with the task's built-in metric (``tuning.metric``).
             eval_fn: instead of ``eval_dataset``, your own ``eval_fn(model) -> float``.
-            calibration_dataset: rows used to rank modules by sensitivity (default: the first
-                ``tuning.calibration_samples`` rows of ``eval_dataset``), or a list of model-input dicts.
+            calibration_dataset: rows (a dataset or local file, tokenized as the task's evaluation does) or a
+                list of model-input dicts. The scheme calibrates on it where it needs to (static scales,
+                SmoothQuant), with or without tuning; tuning ranks modules by sensitivity on it (default: the
+                first ``tuning.calibration_samples`` rows of ``eval_dataset``).
+            calibration_samples: rows of ``calibration_dataset`` to use (default: ``tuning.calibration_samples``,
+                or 8 without tuning).
             save_directory: written atomically with ``save_pretrained``, tokenizer included; never over the
                 model being quantized or another model unless ``overwrite`` (``optimum_int8.saving``).
         """
         config = copy.deepcopy(quantization_config) if quantization_config is not None else Int8Config()
+        options = dict(columns=columns, batch_size=batch_size, max_length=max_length, max_samples=max_eval_samples,
+                       generation_kwargs=generation_kwargs, show_progress=show_progress)
+        samples = calibration_samples or (tuning.calibration_samples if tuning is not None else TuningConfig.calibration_samples)
+        scheme_calibration = None
+        if config.needs_calibration_data:
+            if calibration_dataset is None:
+                raise ValueError(
+                    f"Int8Config(scheme={config.scheme!r}) calibrates its activations: pass calibration_dataset= "
+                    "(rows the model is not evaluated on) to INCQuantizer.quantize."
+                )
+            scheme_calibration = self._batches(calibration_dataset, samples, options)
         if tuning is None:
-            qmodel = quantize_model(copy.deepcopy(self.model), config)
+            qmodel = quantize_model(copy.deepcopy(self.model), config, calibration_data=scheme_calibration)
         else:
-            options = dict(columns=columns, batch_size=batch_size, max_length=max_length, max_samples=max_eval_samples,
-                           generation_kwargs=generation_kwargs, show_progress=show_progress)
-            qmodel = self._tune(config, tuning, eval_dataset, eval_fn, calibration_dataset, options)
+            qmodel = self._tune(config, tuning, eval_dataset, eval_fn, calibration_dataset, options, scheme_calibration)
         if save_directory is not None:
             distributed.on_main_process(lambda: self.save(qmodel, save_directory, overwrite=overwrite),
                                         what=f"saving to {save_directory}")
@@ -191,7 +206,7 @@ class INCQuantizer:
             raise ValueError("built-in evaluation needs the task: INCQuantizer.from_pretrained(..., task='...').")
         return TaskEvaluator(self.task, source, self.tokenizer, **options)
 
-    def _tune(self, config, tuning, eval_dataset, eval_fn, calibration_dataset, options):
+    def _tune(self, config, tuning, eval_dataset, eval_fn, calibration_dataset, options, scheme_calibration):
         if eval_fn is not None:
             evaluate = _agreed(eval_fn)
             metric_name = tuning.metric if isinstance(tuning.metric, str) else getattr(eval_fn, "__name__", "eval_fn")
@@ -210,12 +225,13 @@ class INCQuantizer:
         candidates = [name for name in linears if name not in fixed]
         ranking = sensitivity.rank_by_sensitivity(self.model, candidates, batches, show_progress=options["show_progress"])
 
-        search_dtype = "bfloat16" if tuning.fallback_dtype == "bfloat16" else "float32"
+        search_dtype = "float32" if tuning.fallback_dtype == "auto" else tuning.fallback_dtype
         driver = AutotuneDriver(
             self.model, [name for name, _ in ranking], fixed, evaluate, tuning, direction, search_dtype=search_dtype,
             confirm_bf16=tuning.fallback_dtype == "auto" and cpu_has_native_bf16(), show_progress=options["show_progress"],
         )
-        outcome = driver.run()
+        with trial_base(config, scheme_calibration):
+            outcome = driver.run()
         self.last_outcome = outcome
         record = self._record(outcome, tuning, metric_name, direction)
         outcome.model.config.quantization_config.manifest.tuning = record
@@ -231,13 +247,16 @@ class INCQuantizer:
         return outcome.model
 
     def _calibration_batches(self, tuning, calibration_dataset, eval_dataset, options) -> list[dict]:
-        if isinstance(calibration_dataset, list):
-            return calibration_dataset
         source = calibration_dataset if calibration_dataset is not None else eval_dataset
         if source is None:
             raise ValueError("sensitivity ranking needs calibration_dataset (rows or a list of model-input dicts) or eval_dataset.")
-        options = options | {"max_samples": tuning.calibration_samples}
-        return self._evaluator(source, **options).calibration_inputs(tuning.calibration_samples)
+        return self._batches(source, tuning.calibration_samples, options)
+
+    def _batches(self, source, samples: int, options) -> list[dict]:
+        """Model-input batches: ``source`` itself when it is a list of them, else its first ``samples`` rows tokenized."""
+        if isinstance(source, list):
+            return source
+        return self._evaluator(source, **options | {"max_samples": samples}).calibration_inputs(samples)
 
     @staticmethod
     def _record(outcome: SearchOutcome, tuning: TuningConfig, metric_name: str, direction: bool) -> TuningRecord:

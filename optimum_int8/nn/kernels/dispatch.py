@@ -53,14 +53,17 @@ class DispatchRule:
 # (docs/kernels.md): on AMX, oneDNN's int8 GEMM is 2-5x fbgemm's from 64 rows up, but its per-call
 # activation quantization in eager torch costs more than fbgemm's fused one below ~32 rows. On AVX-512
 # VNNI without AMX, fbgemm (8-bit activations) is within 10-25% of oneDNN at 512+ rows and faster below.
-# Per-token activations run on oneDNN only (fbgemm's dynamic GEMM quantizes per tensor); static ones on oneDNN
-# where it is fast, on fbgemm's static GEMM elsewhere.
+# Per-token and static activations (examples/gemm_kernels.py --activations, VNNI, 2 threads): oneDNN's GEMM
+# from 2 rows up, but a single-row oneDNN call costs 60-170 us of overhead on SmolLM2/BART shapes where
+# fbgemm's fused static GEMM takes 20-30 us, so decode steps go to fbgemm (one call per row: per-token on
+# fbgemm alone, as on AVX2-only CPUs, is slow for prefill but runs).
 DISPATCH_RULES = (
     DispatchRule("amx_int8", "onednn", short_backend="fbgemm", short_below=32),
     DispatchRule("avx512_vnni", "fbgemm"),
     DispatchRule("avx2", "fbgemm"),
-    DispatchRule("avx512_vnni", "onednn", activations=PER_TOKEN),
-    DispatchRule("avx512_vnni", "onednn", activations=STATIC),
+    DispatchRule("avx512_vnni", "onednn", short_backend="fbgemm", short_below=2, activations=PER_TOKEN),
+    DispatchRule("avx2", "fbgemm", activations=PER_TOKEN),
+    DispatchRule("avx512_vnni", "onednn", short_backend="fbgemm", short_below=32, activations=STATIC),
     DispatchRule("avx2", "fbgemm", activations=STATIC),
 )
 
