@@ -10,6 +10,7 @@ from transformers import AutoModelForSeq2SeqLM
 from conftest import run
 from optimum_int8 import INCModelForSeq2SeqLM, Int8Config, quantize_model
 from optimum_int8.checkpoint import CheckpointError
+from optimum_int8.configuration import DEFAULT_SCHEME
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def _edit_tensors(directory: Path, edit) -> None:
 def test_format_is_safetensors_with_manifest_in_config(int8_dir):
     assert sorted(p.name for p in int8_dir.iterdir()) == ["README.md", "config.json", "generation_config.json", "model.safetensors"]
     config = json.loads((int8_dir / "config.json").read_text())["quantization_config"]
-    assert config["quant_method"] == "optimum_int8" and config["scheme"] == "int8_dynamic"
+    assert config["quant_method"] == "optimum_int8" and config["scheme"] == DEFAULT_SCHEME
     assert config["manifest"]["fallback_modules"] == {"lm_head": "float32"}
     with safe_open(int8_dir / "model.safetensors", framework="pt") as handle:
         keys = set(handle.keys())

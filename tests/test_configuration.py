@@ -3,7 +3,7 @@ import json
 import pytest
 
 from optimum_int8 import FallbackManifest, Int8Config, TuningRecord
-from optimum_int8.configuration import FORMAT_VERSION, ConfigError
+from optimum_int8.configuration import DEFAULT_SCHEME, FORMAT_VERSION, ConfigError
 
 
 def _manifest():
@@ -20,7 +20,7 @@ def test_config_round_trips_through_json():
     data = json.loads(json.dumps(config.to_dict()))
     assert data["quant_method"] == "optimum_int8"
     assert data["format_version"] == FORMAT_VERSION
-    assert data["scheme"] == "int8_dynamic"
+    assert data["scheme"] == DEFAULT_SCHEME
     assert (data["kernel"], data["compute_dtype"], data["reduce_range"]) == ("auto", "auto", None)
     assert data["manifest"]["tuning"]["metric"] == "rougeLsum"
     restored = Int8Config.from_dict(data)

@@ -11,7 +11,9 @@ from transformers import AutoModelForSeq2SeqLM, BertConfig, BertForPreTraining
 
 from optimum_int8 import Int8Config, TuningRecord, quantize_model
 from optimum_int8.checkpoint import read_tensor_headers
+from optimum_int8.configuration import DEFAULT_SCHEME
 from optimum_int8.modelcard import GENERATED_MARKER, weight_sizes, write_model_card
+from optimum_int8.schemes import get_scheme
 
 BART_FIXTURE = LEGACY_FIXTURES / "bart_seq2seq_dynamic"
 FALLBACKS = ["model.decoder.layers.0.fc2", "lm_head"]
@@ -53,7 +55,7 @@ def test_card_fields_parse_back_with_huggingface_hub(tmp_path):
         "summarization", "cnn_dailymail", "rougeLsum", 41.22)
 
     text = card.text
-    assert "Dynamic int8 quantization with optimum-int8" in text and "Quantized from `facebook/bart-large-cnn`" in text
+    assert get_scheme(DEFAULT_SCHEME).card_sentence in text and "Quantized from `facebook/bart-large-cnn`" in text
     assert "2/33 Linear modules kept in fp32:" in text
     assert all(f"- `{name}`" in text for name in FALLBACKS)
     assert "| rougeLsum on cnn_dailymail | 41.53 | 41.22 |" in text

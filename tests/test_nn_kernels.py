@@ -186,8 +186,10 @@ def test_no_kernel_for_a_granularity_is_a_clear_error():
 
 
 def _per_token_reference(x, weight_int8, weight_scale, bias):
-    scales = (x.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12)
-    codes = torch.round(x / scales).clamp(-127, 127)
+    low, high = x.amin(dim=1, keepdim=True).clamp(max=0), x.amax(dim=1, keepdim=True).clamp(min=0)
+    scales = ((high - low) / 255).clamp(min=1e-12)
+    zero_points = torch.round(-low / scales)
+    codes = (torch.round(x / scales) + zero_points).clamp(0, 255) - zero_points
     return (codes @ weight_int8.float().t()) * scales * weight_scale + bias
 
 
@@ -195,7 +197,7 @@ def _per_token_reference(x, weight_int8, weight_scale, bias):
 @pytest.mark.parametrize("rows", [1, 5])
 def test_per_token_gemms_quantize_each_row_with_its_own_scale(backend, rows):
     weight_int8, weight_scale, bias = _weights()
-    x = torch.randn(rows, 40) * torch.logspace(-2, 2, rows)[:, None]  # rows of very different magnitude
+    x = torch.randn(rows, 40) * torch.logspace(-2, 2, rows)[:, None] + 0.5  # rows of very different magnitude and offset
     packed = kernels.BACKENDS[backend].pack(weight_int8, weight_scale, bias)
     output = kernels.BACKENDS[backend].linear_per_token(x, packed, torch.float32)
     reference = _per_token_reference(x, weight_int8, weight_scale, bias)

@@ -72,7 +72,7 @@ def test_save_and_reload_are_bit_exact_per_kernel_and_compute_dtype(kernel, comp
     qmodel.save_pretrained(tmp_path / "int8")
     loaded = arch.inc_class.from_pretrained(tmp_path / "int8")
     assert torch.equal(run(loaded, inputs), reference)
-    assert {m.kernel_plan for m in _int8_modules(loaded)} == {kernels.plan(kernel)}
+    assert {m.kernel_plan for m in _int8_modules(loaded)} == {kernels.plan(kernel, activations=m.activations) for m in _int8_modules(loaded)}
     stored = loaded.config.quantization_config
     assert (stored.kernel, stored.compute_dtype) == (kernel, compute_dtype)
     fallback = loaded.get_submodule("model.decoder.layers.0.fc2")
@@ -102,7 +102,7 @@ def test_a_checkpoint_loads_and_runs_on_a_cpu_without_its_kernel(tmp_path, caplo
     reference = run(arch.build(), arch.inputs())
     with capabilities.overridden(AVX2):
         loaded = arch.inc_class.from_pretrained(tmp_path / "int8")
-    assert {m.kernel_plan for m in _int8_modules(loaded)} == {kernels.KernelPlan("fbgemm", True)}
+    assert {m.kernel_plan for m in _int8_modules(loaded)} == {kernels.KernelPlan("fbgemm", True, activations="per_token")}
     output = run(loaded, arch.inputs())
     assert output.dtype == torch.float32
     assert nn.functional.cosine_similarity(output.flatten(), reference.flatten(), dim=0) > 0.99

@@ -6,7 +6,7 @@ torch encoder traced on example inputs, dynamic batch and length) into ``encoder
 - ``openvino-int8``: ``nncf.quantize`` configured as optimum-intel 2.x's ``OVQuantizationConfig`` defaults
   configure it for transformers models: ``model_type=nncf.ModelType.TRANSFORMER`` (SmoothQuant first, with
   NNCF's default alpha for MatMul, 0.95), preset ``MIXED`` (symmetric int8 weights, asymmetric int8
-  activations), fast bias correction, overflow fix disabled. Calibrated on ``CALIBRATION_SEQUENCES`` random
+  activations), fast bias correction, overflow fix disabled. Calibrated on ``workloads.CALIBRATION_SEQUENCES`` random
   token sequences drawn like the benchmark's inputs (another seed). The inference precision is OpenVINO's
   default for the CPU, as optimum-intel leaves it (bf16 for what is not int8 on an AMX CPU).
 - ``openvino-bf16``: the fp32 graph (stored in fp32) compiled with ``INFERENCE_PRECISION_HINT=bf16``.
@@ -23,12 +23,10 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from .onnx_runtime import EncoderForExport
 from .variants import Variant, load_float32, register_variant
-from .workloads import WORKLOADS, random_token_ids
+from .workloads import calibration_inputs, random_token_ids
 
 GRAPH = "encoder.xml"  # its weights: encoder.bin beside it
 INPUT_NAMES = ("input_ids", "attention_mask")
-CALIBRATION_SEQUENCES = 16
-CALIBRATION_SEED = 1234
 
 
 def convert_encoder(model):
@@ -55,14 +53,8 @@ def convert_encoder(model):
 
 
 def calibration_sequences(config) -> list[dict]:
-    """Single random token sequences as long as the encoder workload's default length (capped by the model's
-    positions), full attention masks: the distribution the benchmark's inputs come from, another seed."""
-    length = min(WORKLOADS["encoder"].sizes["length"], getattr(config, "max_position_embeddings", 512))
-    generator = torch.Generator().manual_seed(CALIBRATION_SEED)
-    return [
-        {name: tensor.numpy() for name, tensor in random_token_ids(config, 1, length, generator).items()}
-        for _ in range(CALIBRATION_SEQUENCES)
-    ]
+    """The benchmark's calibration sequences (``workloads.calibration_inputs``), encoder inputs only, as numpy."""
+    return [{name: batch[name].numpy() for name in ("input_ids", "attention_mask")} for batch in calibration_inputs(config)]
 
 
 def quantize_static_int8(ov_model, calibration: list[dict]):

@@ -15,7 +15,9 @@ import torch
 import transformers
 
 from ..configuration import Int8Config
+from ..quantizer import quantize_model
 from ..saving import staged_directory
+from ..schemes import SCHEMES
 
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.onnx", "*.onnx.data", "*.xml")
 
@@ -102,12 +104,17 @@ def _save_bfloat16(fp32_dir: Path, out_dir: Path) -> None:
     load_bfloat16(fp32_dir).save_pretrained(out_dir)
 
 
-def int8_variant(name: str, label: str, description: str, modules_in_fp32=(), modules_in_bf16=()) -> Variant:
-    """Our int8 model quantized from the fp32 checkpoint while loading, with the given fallbacks."""
+def int8_variant(name: str, label: str, description: str, modules_in_fp32=(), modules_in_bf16=(), **options) -> Variant:
+    """Our int8 model with the given fallbacks and ``Int8Config`` options (a scheme, SmoothQuant): quantized while
+    loading, or, where the scheme calibrates, loaded in fp32 and calibrated on ``workloads.calibration_inputs``."""
 
     def build(fp32_dir: Path, out_dir: Path) -> None:
-        config = Int8Config(modules_in_fp32=list(modules_in_fp32), modules_in_bf16=list(modules_in_bf16))
-        quantize_while_loading(fp32_dir, config).save_pretrained(out_dir)
+        config = Int8Config(modules_in_fp32=list(modules_in_fp32), modules_in_bf16=list(modules_in_bf16), **options)
+        if config.needs_calibration_data:
+            model = load_float32(fp32_dir)
+            quantize_model(model, config, calibration_data=calibration_inputs(model.config)).save_pretrained(out_dir)
+        else:
+            quantize_while_loading(fp32_dir, config).save_pretrained(out_dir)
 
     return Variant(name, label, description, build, load_int8)
 
@@ -127,4 +134,11 @@ def fallback_variants(modules: list[str], source: str) -> list[Variant]:
 register_variant(Variant("fp32", "torch fp32", "transformers model in float32", None, load_float32))
 register_variant(Variant("bf16", "torch bf16", "transformers model loaded with dtype=torch.bfloat16", _save_bfloat16,
                          load_bfloat16))
-register_variant(int8_variant("int8", "int8, every Linear", "optimum-int8, every Linear module int8"))
+register_variant(int8_variant("int8", "int8, every Linear", "optimum-int8's default Int8Config(), every Linear module int8"))
+for _name, _scheme in SCHEMES.items():
+    if _scheme.module_class is not None:
+        register_variant(int8_variant(f"int8-{_name.removeprefix('int8_').replace('_', '-')}", _name,
+                                      f"optimum-int8 {_name}: {_scheme.summary}", scheme=_name))
+register_variant(int8_variant("int8-static-smoothquant", "int8_static + SmoothQuant 0.5",
+                              "optimum-int8 int8_static with SmoothQuant (alpha 0.5), calibrated like openvino-int8",
+                              scheme="int8_static", smoothquant_alpha=0.5))

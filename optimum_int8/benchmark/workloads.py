@@ -36,6 +36,25 @@ def random_token_ids(config: PretrainedConfig, batch: int, length: int, generato
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
+# Calibration data of the calibrated variants (ours and OpenVINO's static int8): random sequences as long as the
+# encoder workload's, from another seed than the timed inputs.
+CALIBRATION_SEQUENCES = 16
+CALIBRATION_SEED = 1234
+_CALIBRATION_DECODER_TOKENS = 16
+
+
+def calibration_inputs(config: PretrainedConfig) -> list[dict]:
+    """``CALIBRATION_SEQUENCES`` single sequences of the encoder workload's default length (capped by the model's
+    positions), full attention masks; seq2seq models get a decoder prefix too, so their decoders calibrate."""
+    length = min(WORKLOADS["encoder"].sizes["length"], getattr(config, "max_position_embeddings", 512))
+    generator = torch.Generator().manual_seed(CALIBRATION_SEED)
+    batches = [random_token_ids(config, 1, length, generator) for _ in range(CALIBRATION_SEQUENCES)]
+    if _is_seq2seq(config):
+        for batch in batches:
+            batch["decoder_input_ids"] = batch["input_ids"][:, :_CALIBRATION_DECODER_TOKENS]
+    return batches
+
+
 def _is_seq2seq(config: PretrainedConfig) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 

@@ -221,7 +221,7 @@ def build_legacy_model(checkpoint: LegacyCheckpoint, loader_class: type, *model_
         modules_in_fp32=[name for name, dtype in layout.fallback_modules.items() if dtype == "float32"],
         modules_in_bf16=[name for name, dtype in layout.fallback_modules.items() if dtype == "bfloat16"],
         manifest=_manifest(checkpoint, layout),
-        kernel="fbgemm", compute_dtype="float32", reduce_range=True,
+        scheme="int8_dynamic", kernel="fbgemm", compute_dtype="float32", reduce_range=True,
     ).to_dict()
     with _expected_untied_weights():
         model, loading_info = model_class.from_pretrained(

@@ -52,8 +52,9 @@ def smoothed_weight(weight: torch.Tensor, smooth_scale: torch.Tensor | None) -> 
 
 
 class Int8PerTokenLinear(_SmoothedInput, Int8DynamicLinear):
-    """Dynamic W8A8 with one symmetric activation scale per token (row): the standard scheme for decoders, whose
-    activations differ by orders of magnitude between tokens. State dict: ``Int8DynamicLinear``'s, plus
+    """Dynamic W8A8 with one activation scale and zero point per token (row), over the row's [min, max] as
+    torch.ao's dynamic quantization takes it per tensor: the standard scheme for decoders, whose activations differ
+    by orders of magnitude between tokens. State dict: ``Int8DynamicLinear``'s, plus
     ``smooth_scale`` (float32, [in]) when smoothed."""
 
     activations = kernels.dispatch.PER_TOKEN

@@ -27,8 +27,10 @@ def _fake_quantized_product(rows: torch.Tensor, weight: torch.Tensor, scales: to
     w_scale = (w.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12)
     w_q = torch.round(w / w_scale).clamp(-127, 127) * w_scale
     if per_token:
-        x_scale = (x.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12)
-        x_q = torch.round(x / x_scale).clamp(-127, 127) * x_scale
+        low, high = x.amin(dim=1, keepdim=True).clamp(max=0), x.amax(dim=1, keepdim=True).clamp(min=0)
+        x_scale = ((high - low) / 255).clamp(min=1e-12)
+        zero_point = torch.round(-low / x_scale)
+        x_q = (torch.round(x / x_scale) + zero_point).clamp(0, 255).sub(zero_point) * x_scale
     else:
         low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
         scale = (high - low) / qmax or 1.0

@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from .activation_quantization import PER_ROW_ZERO_POINT
+from . import activation_quantization
 
 name = "fbgemm"
 _ENGINES = ("x86", "fbgemm")
@@ -69,17 +69,16 @@ def linear_static(x: torch.Tensor, packed, scale: float, zero_point: int, out_dt
 
 
 def linear_per_token(x: torch.Tensor, packed, out_dtype: torch.dtype) -> torch.Tensor:
-    """``x @ W.T + b`` with one symmetric activation scale per row, each row through fbgemm's fused static GEMM.
+    """``x @ W.T + b`` with one activation scale and zero point per row, each row through fbgemm's fused static GEMM.
 
     One call per row, so only fast for a few rows: the dispatch table sends single-row (decode) calls here, where
     it is several times faster than oneDNN's, whose per-call overhead dominates a one-row product."""
     rows = x.reshape(-1, x.shape[-1])
     rows = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
+    _, scales, zero_points = activation_quantization.quantize_per_row(rows)
     static = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
-    if len(rows) == 1:
-        y = static(rows, max(float(rows.abs().max()) / 127, 1e-12), PER_ROW_ZERO_POINT, packed)
-    else:
-        scales = (rows.abs().amax(dim=1) / 127).clamp(min=1e-12).tolist()
-        y = torch.cat([static(row[None], scale, PER_ROW_ZERO_POINT, packed) for row, scale in zip(rows, scales)])
-    y = y.view(*x.shape[:-1], -1)
+    outputs = [static(row[None], float(scale), int(zero_point), packed)
+               for row, scale, zero_point in zip(rows, scales.tolist(), zero_points.tolist())]
+    y = (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).view(*x.shape[:-1], -1)
     return y if out_dtype == torch.float32 else y.to(out_dtype)
+

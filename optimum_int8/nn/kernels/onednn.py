@@ -22,6 +22,7 @@ class OnednnWeight:
     weight_scale: torch.Tensor  # fp32 [out]
     weight_zero_point: torch.Tensor  # zeros, int64 [out] (symmetric weights)
     bias: torch.Tensor | None  # fp32 [out]
+    scaled_weight_sums: torch.Tensor  # fp32 [out]: weight_scale * sum of each row's codes (per-token zero points)
 
 
 def unavailable_reason(capabilities) -> str | None:
@@ -40,6 +41,7 @@ def pack(weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tens
         weight_scale.to(torch.float32).contiguous(),
         torch.zeros(weight_scale.shape, dtype=torch.long),
         None if bias is None else bias.detach().to(torch.float32),
+        weight_int8.sum(dim=1, dtype=torch.int64).to(torch.float64).mul(weight_scale.double()).float(),
     )
 
 
@@ -57,13 +59,15 @@ def linear(x: torch.Tensor, packed: OnednnWeight, reduce_range: bool, out_dtype:
 
 
 def linear_per_token(x: torch.Tensor, packed: OnednnWeight, out_dtype: torch.dtype) -> torch.Tensor:
-    """``x @ W.T + b`` with one activation scale per row (token): the GEMM runs on symmetric codes with scale 1,
-    and each row is scaled (and the bias added) in one pass over the output."""
-    codes, row_scales = activation_quantization.quantize_per_row(x)
+    """``x @ W.T + b`` with one activation scale and zero point per row (token). The GEMM runs on the raw codes
+    (zero point 0, scale 1); each row's zero point is then taken out with the weight's column sums, and its
+    scale applied with the bias: ``y = s_r * (W_s q_r - z_r * W_s 1) + b``, two passes over the output."""
+    codes, row_scales, zero_points = activation_quantization.quantize_per_row(x)
     y = torch.ops.onednn.qlinear_pointwise(
-        codes, 1.0, activation_quantization.PER_ROW_ZERO_POINT, packed.weight, packed.weight_scale,
-        packed.weight_zero_point, None, 1.0, 0, torch.float32, "none", [], "",
+        codes, 1.0, 0, packed.weight, packed.weight_scale, packed.weight_zero_point, None, 1.0, 0, torch.float32,
+        "none", [], "",
     )
+    y.addr_(zero_points, packed.scaled_weight_sums, alpha=-1)
     y = torch.addcmul(packed.bias, y, row_scales[:, None]) if packed.bias is not None else y.mul_(row_scales[:, None])
     y = y.view(*x.shape[:-1], y.shape[-1])
     return y if out_dtype == torch.float32 else y.to(out_dtype)
