@@ -22,7 +22,14 @@ from pathlib import Path
 
 import torch
 from torch._inductor import codecache
-from transformers import BertConfig, BertForSequenceClassification, IBertConfig, IBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    IBertConfig,
+    IBertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 from ..benchmark.presets import ModelPreset, register_preset
 from ..benchmark.variants import Variant, load_float32, load_int8, model_class, register_variant

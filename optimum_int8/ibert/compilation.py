@@ -2,7 +2,7 @@
 
 Eager PyTorch runs every integer op of a layer (requantization, i-exp softmax, i-GELU, integer LayerNorm) as
 its own pass over int64 tensors; inductor fuses each stage into one vectorized loop, about 5x faster. So the
-embeddings and every encoder layer run through ``compiled_call``: the first call of a process compiles (one
+embeddings and every encoder layer run through a ``CompiledFunction``: the first call of a process compiles (one
 graph shared by all layers of every model with the same sizes), later calls reuse it. The batch and sequence
 dimensions are marked dynamic, so new sequence lengths do not recompile (a batch of one is its own graph:
 torch specializes sizes 0 and 1). Integer arithmetic makes the compiled outputs bit-identical to eager ones.
@@ -59,7 +59,7 @@ def eager():
 
 
 def compile_statistics() -> dict:
-    """``{"graphs": n, "seconds": s}``: graphs compiled by ``compiled_call`` in this process and the wall time of the
+    """``{"graphs": n, "seconds": s}``: graphs compiled by ``CompiledFunction`` in this process and the wall time of the
     calls that compiled them (tracing, inductor and the C++ compiler, plus that call's own run)."""
     return {"graphs": _STATE.compiled_graphs, "seconds": _STATE.compile_seconds}
 
@@ -72,9 +72,9 @@ def _mark_dynamic(tensor: torch.Tensor | None, dims: tuple[int, ...]) -> None:
             torch._dynamo.maybe_mark_dynamic(tensor, dim)
 
 
-def _frame_count() -> int:
-    # Dynamo counts every frame it compiled; a call that raises it compiled a new graph.
-    return sum(torch._dynamo.utils.counters["stats"].get(key, 0) for key in ("unique_graphs",))
+def _graph_count() -> int:
+    # Dynamo counts the graphs it compiled in this process; a call that raises the count compiled one.
+    return torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)
 
 
 class CompiledFunction:
@@ -100,14 +100,14 @@ class CompiledFunction:
             compiled = self._build()
             for position, dims in self.dynamic.items():
                 _mark_dynamic(args[position], dims)
-            before = _frame_count()
+            before = _graph_count()
             start = time.perf_counter()
             # No gradients for integer tensors: one grad mode, one graph. Size-oblivious sizes: a batch of one
             # runs the same graph as a batch of eight instead of compiling its own (torch specializes 0 and 1).
             with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
                 result = compiled(*args)
-            if _frame_count() != before:
-                _STATE.compiled_graphs += _frame_count() - before
+            if _graph_count() != before:
+                _STATE.compiled_graphs += _graph_count() - before
                 _STATE.compile_seconds += time.perf_counter() - start
             return result
         except Exception as error:  # noqa: BLE001: any compiler failure falls back; a genuine error re-raises below
