@@ -42,3 +42,17 @@ def test_nan_and_inf_inputs_raise(bad):
     x[1, 3] = bad
     with pytest.raises(ValueError, match="NaN or Inf"):
         aq.quantize(x, 255)
+
+
+def test_per_row_codes_scales_and_zero_points_and_the_single_row_shortcut_agree():
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(64, 48, generator=generator) * torch.logspace(-4, 3, 64)[:, None] + torch.randn(64, 1, generator=generator)
+    rows[3] = rows[3].abs()  # a row without negative values: zero point 0
+    codes, scales, zero_points = aq.quantize_per_row(rows)
+    assert zero_points[3] == 0 and codes.dtype == torch.uint8
+    dequantized = (codes.float() - zero_points[:, None]) * scales[:, None]
+    assert ((dequantized - rows).abs() <= scales[:, None] * 0.5001 + 1e-6).all()
+    for row, scale, zero_point in zip(rows, scales, zero_points):
+        assert aq.single_row_qparams(row[None]) == (float(scale), int(zero_point))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        aq.single_row_qparams(torch.tensor([[1.0, float("nan")]]))

@@ -164,3 +164,28 @@ def test_config_errors_name_the_bad_option():
 
 def test_every_registered_linear_scheme_is_covered_here():
     assert {scheme for scheme, _ in CASES.values()} == set(LINEAR_SCHEMES)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_checkpoints_of_earlier_format_versions_load_bit_exact(version, tmp_path):
+    """Versions 1 and 2 wrote int8_dynamic tensors only; rewritten as such, they reload to the same outputs."""
+    arch = ARCHS["bart"]
+    qmodel = quantize_model(arch.build(), Int8Config(scheme="int8_dynamic"))
+    inputs = arch.inputs()
+    reference = run(qmodel, inputs)
+    qmodel.save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    config = json.loads(config_file.read_text())
+    stored = config["quantization_config"]
+    stored["format_version"] = version
+    for key in ("module_schemes", "smoothquant_alpha", "observer", *(("scheme",) if version == 1 else ())):
+        stored.pop(key)
+    if version == 1:
+        for key in ("kernel", "compute_dtype", "reduce_range"):
+            stored.pop(key)
+        for key in ("kernel", "compute_dtype"):
+            stored["manifest"].pop(key, None)
+    config_file.write_text(json.dumps(config))
+    reloaded = arch.auto_class.from_pretrained(tmp_path / "old")
+    assert reloaded.config.quantization_config.scheme == "int8_dynamic"
+    assert torch.equal(run(reloaded, inputs), reference)

@@ -18,6 +18,7 @@ from ..configuration import Int8Config
 from ..quantizer import quantize_model
 from ..saving import staged_directory
 from ..schemes import SCHEMES
+from .workloads import calibration_inputs
 
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.onnx", "*.onnx.data", "*.xml")
 

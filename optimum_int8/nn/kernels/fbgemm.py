@@ -75,10 +75,13 @@ def linear_per_token(x: torch.Tensor, packed, out_dtype: torch.dtype) -> torch.T
     it is several times faster than oneDNN's, whose per-call overhead dominates a one-row product."""
     rows = x.reshape(-1, x.shape[-1])
     rows = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
-    _, scales, zero_points = activation_quantization.quantize_per_row(rows)
     static = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
-    outputs = [static(row[None], float(scale), int(zero_point), packed)
-               for row, scale, zero_point in zip(rows, scales.tolist(), zero_points.tolist())]
-    y = (outputs[0] if len(outputs) == 1 else torch.cat(outputs)).view(*x.shape[:-1], -1)
+    if len(rows) == 1:
+        y = static(rows, *activation_quantization.single_row_qparams(rows), packed)
+    else:
+        scales, zero_points = activation_quantization.row_qparams(rows)
+        y = torch.cat([static(row[None], scale, int(zero_point), packed)
+                       for row, scale, zero_point in zip(rows, scales.tolist(), zero_points.tolist())])
+    y = y.view(*x.shape[:-1], -1)
     return y if out_dtype == torch.float32 else y.to(out_dtype)
 
