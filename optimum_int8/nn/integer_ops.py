@@ -87,25 +87,6 @@ def as_constant(value) -> torch.Tensor:
     return torch.as_tensor(value, dtype=WIDE)
 
 
-@torch.library.custom_op("optimum_int8::floor_divide", mutates_args=())
-def floor_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """``floor(numerator / denominator)`` of integer tensors (broadcast), as one op that ``torch.compile`` does not
-    look into.
-
-    The integer ops divide once per row (softmax normalization, LayerNorm mean, i-sqrt). Inductor inlines such a
-    per-row quotient into the per-element loop that reads it, and since it cannot vectorize integer division,
-    that whole loop then runs scalar, dividing once per element. As an opaque op the quotients are computed
-    once per row and the loops around them stay vectorized. Same result either way.
-    """
-    return torch.div(numerator, denominator, rounding_mode="floor")
-
-
-@floor_divide.register_fake
-def _(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    shape = torch.broadcast_shapes(numerator.shape, denominator.shape)
-    return numerator.new_empty(shape, dtype=torch.result_type(numerator, denominator))
-
-
 def saturate(x: torch.Tensor, bits: int) -> torch.Tensor:
     low, high = integer_range(bits)
     return x.clamp(low, high).to(storage_dtype(bits))
@@ -184,12 +165,9 @@ def integer_softmax(
     poly = (r + b) * r + c
     # poly * multiplier < 2**62, so a total shift of 63 already rounds to 0 (and stays a defined shift).
     exp = rounding_shift(poly * multiplier, (shift + q).clamp(max=63)).clamp(0, 2 ** (EXP_BITS - 1) - 1)
-    # Stored as int32, half the bytes of int64 for the two passes that read it (sum, normalization); int16
-    # would be smaller still, but inductor does not vectorize conversions between int16 and int64.
-    exp = exp.to(torch.int32)
-    total = exp.sum(dim=-1, keepdim=True, dtype=WIDE).clamp(min=1)
-    factor = floor_divide(as_constant(2**SOFTMAX_SUM_BITS), total)
-    return ((exp.to(WIDE) * factor) >> (SOFTMAX_SUM_BITS - SOFTMAX_BITS)).to(torch.int16)
+    total = exp.sum(dim=-1, keepdim=True).clamp(min=1)
+    factor = torch.div(2**SOFTMAX_SUM_BITS, total, rounding_mode="floor")
+    return ((exp * factor) >> (SOFTMAX_SUM_BITS - SOFTMAX_BITS)).to(torch.int16)
 
 
 # ---- i-GELU (Algorithm 2) ------------------------------------------------------------------------------
@@ -251,7 +229,7 @@ def integer_sqrt(n: torch.Tensor) -> torch.Tensor:
     """
     x = torch.ones_like(n) << ((bit_length(n) + 1) >> 1)
     for _ in range(SQRT_ITERATIONS):
-        x = torch.minimum(x, (x + floor_divide(n, x.clamp(min=1))) >> 1)
+        x = torch.minimum(x, (x + torch.div(n, x.clamp(min=1), rounding_mode="floor")) >> 1)
     return x
 
 
@@ -265,10 +243,10 @@ def integer_layernorm(x: torch.Tensor) -> torch.Tensor:
     """
     n = x.shape[-1]
     x = x.to(WIDE)
-    mean = floor_divide(2 * x.sum(dim=-1, keepdim=True) + n, as_constant(2 * n))
+    mean = torch.div(2 * x.sum(dim=-1, keepdim=True) + n, 2 * n, rounding_mode="floor")
     centered = x - mean
     std = integer_sqrt((centered * centered).sum(dim=-1, keepdim=True)).clamp(min=1)
-    factor = floor_divide(as_constant(2**LAYERNORM_FACTOR_BITS), std)
+    factor = torch.div(2**LAYERNORM_FACTOR_BITS, std, rounding_mode="floor")
     return (centered * factor) >> (LAYERNORM_FACTOR_BITS - LAYERNORM_BITS)
 
 
