@@ -33,16 +33,17 @@ def embed(model, tokenizer, sentences: list[str], batch_size: int) -> torch.Tens
 
 
 def configurations() -> dict[str, Int8Config]:
-    """The kernel plans this CPU can run: each backend with 7- and 8-bit activations, fp32 and bf16 compute."""
+    """The per-tensor dynamic kernel plans this CPU can run: each backend with 7- and 8-bit activations, fp32 and
+    bf16 compute (docs/schemes.md compares the schemes)."""
     here = kernels.capabilities.detect()
     runnable = [name for name, backend in kernels.BACKENDS.items() if backend.unavailable_reason(here) is None]
-    configs = {"int8, auto": Int8Config()}
+    configs = {"int8, auto (default scheme)": Int8Config()}
     for kernel in runnable:
         for reduce_range in (True, False):
             for dtype in ("float32", "bfloat16"):
                 bits = 7 if reduce_range else 8
-                configs[f"int8, {kernel}, {bits}-bit, {dtype}"] = Int8Config(
-                    kernel=kernel, reduce_range=reduce_range, compute_dtype=dtype)
+                configs[f"int8_dynamic, {kernel}, {bits}-bit, {dtype}"] = Int8Config(
+                    scheme="int8_dynamic", kernel=kernel, reduce_range=reduce_range, compute_dtype=dtype)
     return configs
 
 

@@ -42,6 +42,7 @@ from .saving import atomic_save_pretrained
 from .schemes import SCHEMES, calibration, get_scheme
 from .schemes.loading import (
     MANIFEST_SOURCE,
+    align_float_linears,
     check_cpu_device_map,
     check_finite,
     check_nothing_missing,
@@ -294,6 +295,8 @@ class Int8HfQuantizer(HfQuantizer):
                     module_schemes={n: s for n, s in self.module_schemes.items() if s != config.scheme},
                     calibration=self._calibration_record,
                 )
+        if self.pre_quantized:
+            align_float_linears(model)
         model.save_pretrained = types.MethodType(atomic_save_pretrained, model)
         model.push_to_hub = types.MethodType(push_to_hub, model)
         return model

@@ -4,6 +4,7 @@ import os
 import re
 
 import torch
+from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..checkpoint import CheckpointError
@@ -75,3 +76,20 @@ def out_in(module) -> tuple[int, int]:
     if isinstance(module, Conv1D):
         return module.nf, module.weight.shape[0]
     return module.out_features, module.in_features
+
+
+_ALIGNMENT = 64
+
+
+def align_float_linears(model) -> None:
+    """Give the float Linear modules that stayed float (task heads, fp32 fallbacks) 64-byte aligned weights.
+
+    transformers leaves a loaded tensor where the safetensors file has it (8-byte aligned in the mmap'd file);
+    the BLAS of some CPUs takes another code path for an unaligned operand, so a reloaded head computed
+    differently from the model that was saved (a 32-wide classifier by 1e-9 on an AMD EPYC). An aligned copy
+    keeps reloading bit-exact; the Parameter object stays, so tied weights stay tied."""
+    for module in model.modules():
+        if type(module) in (nn.Linear, Conv1D):
+            for parameter in module.parameters(recurse=False):
+                if not parameter.is_meta and parameter.data_ptr() % _ALIGNMENT:
+                    parameter.data = parameter.data.clone()
