@@ -206,3 +206,13 @@ def test_nan_weights_at_quantization_time_name_the_module(tmp_path, bart, while_
     with pytest.raises(RuntimeError, match="automatic conversion of the weights"):
         INCModelForSeq2SeqLM.from_pretrained(tmp_path / "fp32", quantization_config=Int8Config())
     assert re.search(message, caplog.text + capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_source_model_reloads_with_the_same_outputs(dtype, tmp_path):
+    arch = TINY_ARCHS["bart"]
+    qmodel = quantize_model(arch.build().to(dtype), Int8Config())
+    inputs = arch.inputs()
+    reference = run(qmodel, inputs)
+    qmodel.save_pretrained(tmp_path / "int8")
+    assert torch.equal(run(arch.auto_class.from_pretrained(tmp_path / "int8"), inputs), reference)
