@@ -189,3 +189,16 @@ def test_checkpoints_of_earlier_format_versions_load_bit_exact(version, tmp_path
     reloaded = arch.auto_class.from_pretrained(tmp_path / "old")
     assert reloaded.config.quantization_config.scheme == "int8_dynamic"
     assert torch.equal(run(reloaded, inputs), reference)
+
+
+@pytest.mark.parametrize("data, error, message", [
+    ([], ValueError, "calibration_data is empty"),
+    ([torch.ones(2, 3, dtype=torch.long)], TypeError, "must yield dicts of model inputs .* got Tensor"),
+])
+def test_bad_calibration_data_is_a_clear_error_and_leaves_the_model_float(data, error, message):
+    arch = ARCHS["bert"]
+    model = arch.build()
+    with pytest.raises(error, match=message):
+        quantize_model(model, Int8Config(scheme="int8_static"), calibration_data=data)
+    assert not any(isinstance(m, Int8StaticActivationLinear) for m in model.modules())
+    assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
