@@ -143,3 +143,20 @@ def test_gemm_kernel_script_times_every_candidate_on_every_shape():
     # Per backend fp32 and bf16 in/out (fbgemm also 7-bit), then torch's bf16 and fp32 GEMMs.
     expected = 2 * len(runnable) + ("fbgemm" in runnable) + 3
     assert all(len(medians) == expected and min(medians.values()) > 0 for medians in results.values())
+
+
+def test_scheme_variants_build_and_a_causal_lm_runs_prefill_and_decode(tmp_path):
+    """The calibrated static variant builds from the benchmark's calibration inputs; causal LMs get their own
+    workloads (and only those)."""
+    settings = BenchmarkSettings(
+        model="tiny-llama", workdir=tmp_path, variants=["fp32", "int8", "int8-static-smoothquant", "int8-weight-only"],
+        repeats=1, warmup=0, threads=1, measure_load=False,
+        sizes={"prefill": {"prompt_length": 16}, "decode": {"prompt_length": 16, "new_tokens": 3}},
+    )
+    result = run_benchmark(settings)
+    assert set(result.workloads) == {"prefill", "decode"}
+    for variant in result.variants:
+        assert set(variant.seconds) == {"prefill", "decode"} and all(t > 0 for ts in variant.seconds.values() for t in ts)
+    config = json.loads((tmp_path / "tiny-llama-seed0" / "int8-static-smoothquant" / "config.json").read_text())
+    manifest = config["quantization_config"]["manifest"]
+    assert config["quantization_config"]["scheme"] == "int8_static" and manifest["calibration"]["samples"] > 0

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import BartConfig, BartForConditionalGeneration, PreTrainedModel
+from transformers import BartConfig, BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,4 +59,27 @@ register_preset(ModelPreset(
         "beam": dict(prompt_length=32, new_tokens=8),
         "encoder": dict(batch=2, length=32),
     },
+))
+
+# HuggingFaceTB/SmolLM2-135M's architecture (a Llama: 30 layers, hidden 576, 9 heads, 3 key/value heads), without
+# its weights; examples/llm_schemes_smollm2.py measures the real model's perplexity.
+SMOLLM2_135M_SHAPE = dict(
+    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+    num_key_value_heads=3, max_position_embeddings=2048, rope_theta=100000.0, tie_word_embeddings=True,
+    bos_token_id=1, eos_token_id=2,
+)
+
+register_preset(ModelPreset(
+    "smollm2-135m",
+    "SmolLM2-135M shapes (Llama, 30 layers, hidden 576, GQA 9/3 heads, vocab 49152), random weights",
+    lambda: LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M_SHAPE)),
+))
+register_preset(ModelPreset(
+    "tiny-llama",
+    "a 2-layer Llama with hidden 64, for tests",
+    lambda: LlamaForCausalLM(LlamaConfig(
+        vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
+    )),
+    sizes={"prefill": dict(prompt_length=32), "decode": dict(prompt_length=32, new_tokens=8)},
 ))

@@ -59,6 +59,19 @@ def _is_seq2seq(config: PretrainedConfig) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
+def _is_causal_lm(config: PretrainedConfig) -> bool:
+    return any(name.endswith("ForCausalLM") for name in getattr(config, "architectures", None) or ())
+
+
+def is_encoder_only(config: PretrainedConfig) -> bool:
+    """Neither seq2seq nor a causal LM: a BERT-style encoder (the ``forward`` workloads)."""
+    return not _is_seq2seq(config) and not _is_causal_lm(config)
+
+
+def _prefill(model, inputs, sizes):
+    return model(**inputs)
+
+
 def _prompt(config, sizes, generator):
     return random_token_ids(config, sizes.get("batch", 1), sizes["prompt_length"], generator)
 
@@ -86,6 +99,19 @@ register_workload(Workload(
     lambda s: f"beam {s['beams']}, {s['prompt_length']}→{s['new_tokens']}",
     dict(prompt_length=512, new_tokens=32, beams=4),
     _is_seq2seq, _prompt, _generate,
+))
+# Causal LMs (docs/llm.md): one prompt through the model, and greedy decoding after it.
+register_workload(Workload(
+    "prefill",
+    lambda s: f"prefill {s['prompt_length']}, bs {s.get('batch', 1)}",
+    dict(prompt_length=256),
+    _is_causal_lm, _prompt, _prefill,
+))
+register_workload(Workload(
+    "decode",
+    lambda s: f"greedy {s['prompt_length']}→{s['new_tokens']}, bs {s.get('batch', 1)}",
+    dict(prompt_length=256, new_tokens=64, beams=1),
+    _is_causal_lm, _prompt, _generate,
 ))
 register_workload(Workload(
     "encoder",

@@ -33,7 +33,7 @@ from transformers import (
 
 from ..benchmark.presets import ModelPreset, register_preset
 from ..benchmark.variants import Variant, load_float32, load_int8, model_class, register_variant
-from ..benchmark.workloads import Workload, random_token_ids, register_workload
+from ..benchmark.workloads import Workload, is_encoder_only, random_token_ids, register_workload
 from ..configuration import Int8Config
 from ..quantizer import quantize_model
 from .modules import compile_integer_layers
@@ -129,7 +129,7 @@ register_workload(Workload(
     "first-forward",
     lambda s: f"first call {s['batch']}x{s['length']}",
     dict(batch=8, length=128),
-    lambda config: not getattr(config, "is_encoder_decoder", False),
+    is_encoder_only,
     lambda config, s, generator: random_token_ids(config, s["batch"], s["length"], generator),
     _first_forward,
 ))
@@ -138,7 +138,7 @@ register_workload(Workload(
     "forward",
     lambda s: f"forward {s['batch']}x{s['length']}",
     dict(batch=8, length=128),
-    lambda config: not getattr(config, "is_encoder_decoder", False),
+    is_encoder_only,
     lambda config, s, generator: random_token_ids(config, s["batch"], s["length"], generator),
     lambda model, inputs, sizes: model(**inputs),
 ))
