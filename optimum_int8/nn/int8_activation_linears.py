@@ -22,6 +22,16 @@ class _SmoothedInput:
         self.register_buffer("smooth_scale", smooth_scale)
         self._input_multipliers: dict[torch.dtype, torch.Tensor] = {}
 
+    @classmethod
+    def _quantized(cls, weight: torch.Tensor, bias, smooth_scale: torch.Tensor | None):
+        """The unpacked module with the smoothed weight quantized per output channel (and ``smooth_scale`` kept)."""
+        quantized = Int8DynamicLinear.from_weight(smoothed_weight(weight, smooth_scale), bias)
+        module = cls(quantized.in_features, quantized.out_features, bias=False, smoothed=smooth_scale is not None)
+        module.weight_int8, module.weight_scale, module.bias = quantized.weight_int8, quantized.weight_scale, quantized.bias
+        if smooth_scale is not None:
+            module.smooth_scale = smooth_scale.detach().to(torch.float32).clone()
+        return module
+
     def _smoothing_layout(self) -> dict:
         return {} if self.smooth_scale is None else {"smooth_scale": (torch.float32, (self.in_features,))}
 
@@ -65,12 +75,7 @@ class Int8PerTokenLinear(_SmoothedInput, Int8DynamicLinear):
 
     @classmethod
     def from_weight(cls, weight, bias, smooth_scale: torch.Tensor | None = None) -> "Int8PerTokenLinear":
-        quantized = Int8DynamicLinear.from_weight(smoothed_weight(weight, smooth_scale), bias)
-        module = cls(quantized.in_features, quantized.out_features, bias=False, smoothed=smooth_scale is not None)
-        module.weight_int8, module.weight_scale, module.bias = quantized.weight_int8, quantized.weight_scale, quantized.bias
-        if smooth_scale is not None:
-            module.smooth_scale = smooth_scale.detach().to(torch.float32).clone()
-        return module
+        return cls._quantized(weight, bias, smooth_scale)
 
     def extra_layout(self) -> dict:
         return self._smoothing_layout()
@@ -102,13 +107,9 @@ class Int8StaticActivationLinear(_SmoothedInput, Int8DynamicLinear):
         """``input_qparams``: the calibrated (scale, zero point) of the (smoothed) input; required."""
         if input_qparams is None:
             raise ValueError("a static int8 layer needs the calibrated (scale, zero point) of its input.")
-        quantized = Int8DynamicLinear.from_weight(smoothed_weight(weight, smooth_scale), bias)
-        module = cls(quantized.in_features, quantized.out_features, bias=False, smoothed=smooth_scale is not None)
-        module.weight_int8, module.weight_scale, module.bias = quantized.weight_int8, quantized.weight_scale, quantized.bias
+        module = cls._quantized(weight, bias, smooth_scale)
         module.input_scale = torch.tensor([input_qparams[0]], dtype=torch.float32)
         module.input_zero_point = torch.tensor([input_qparams[1]], dtype=torch.int32)
-        if smooth_scale is not None:
-            module.smooth_scale = smooth_scale.detach().to(torch.float32).clone()
         return module
 
     def extra_layout(self) -> dict:
