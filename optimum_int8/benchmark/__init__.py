@@ -1,4 +1,5 @@
-"""Benchmarks of our int8 models against fp32, bf16, ONNX Runtime's dynamic int8 and OpenVINO, ratios from one run.
+"""Benchmarks of our int8 models against fp32, bf16, ONNX Runtime's dynamic int8, OpenVINO and llama.cpp, ratios
+from one run.
 
     from optimum_int8.benchmark import BenchmarkSettings, run_benchmark
     result = run_benchmark(BenchmarkSettings(model="bart-large-cnn", fallbacks=[...]))
@@ -8,7 +9,7 @@ Variants (``VARIANTS``), workloads (``WORKLOADS``) and model presets (``PRESETS`
 measured table and the command that produced it.
 """
 
-from . import onnx_runtime, openvino_runtime  # noqa: F401  (register the ort-int8 and openvino-* variants)
+from . import llama_cpp_runtime, onnx_runtime, openvino_runtime  # noqa: F401  (register the peers' variants)
 from .load_memory import LoadMeasurement, measure_in_fresh_process
 from .presets import PRESETS, ModelPreset, register_preset
 from .profiling import profile_run

@@ -164,7 +164,8 @@ def machine_info() -> dict:
         versions["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
-    for distribution in ("openvino", "nncf"):  # read from the installed metadata: importing nncf takes seconds
+    # Read from the installed metadata: importing nncf takes seconds.
+    for distribution in ("openvino", "nncf", "llama-cpp-python", "gguf"):
         try:
             versions[distribution] = importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:

@@ -20,7 +20,7 @@ from ..saving import staged_directory
 from ..schemes import SCHEMES
 from .workloads import calibration_inputs
 
-WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.onnx", "*.onnx.data", "*.xml")
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.onnx", "*.onnx.data", "*.xml", "*.gguf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,8 @@ def register_variant(variant: Variant) -> Variant:
 
 
 def checkpoint_bytes(directory: Path) -> int:
-    """Bytes of weight files (safetensors, pickles, ONNX graphs and their external data, OpenVINO .xml/.bin)."""
+    """Bytes of weight files (safetensors, pickles, ONNX graphs and their external data, OpenVINO .xml/.bin,
+    GGUF)."""
     files = {path for pattern in WEIGHT_FILE_PATTERNS for path in Path(directory).rglob(pattern)}
     return sum(path.stat().st_size for path in files)
 
