@@ -7,6 +7,7 @@ checkpoints (pre-quantized) or quantizes fp32 weights while they load (``quantiz
 
 import copy
 import dataclasses
+import itertools
 import os
 import types
 
@@ -297,6 +298,7 @@ class Int8HfQuantizer(HfQuantizer):
                 )
         if self.pre_quantized:
             align_float_linears(model)
+        self._releaser = None  # its libc handle serves the load only, and copy.deepcopy of the model cannot copy it
         model.save_pretrained = types.MethodType(atomic_save_pretrained, model)
         model.push_to_hub = types.MethodType(push_to_hub, model)
         return model
@@ -349,6 +351,29 @@ class Int8HfQuantizer(HfQuantizer):
         return False
 
 
+def check_float_model(model, caller: str) -> None:
+    """Refuse, naming what to do, a model ``caller`` cannot quantize: not a transformers model, already
+    quantized, without weights (meta device) or not on the CPU."""
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"{caller} expects a transformers PreTrainedModel, got {type(model).__name__}")
+    if getattr(model, "is_quantized", False):
+        raise ValueError(
+            f"{type(model).__name__} is already quantized (quant_method={getattr(model, 'quantization_method', None)!r}); "
+            "quantize the fp32 model instead."
+        )
+    empty = [name for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()) if tensor.is_meta]
+    if empty:
+        raise ValueError(
+            f"{type(model).__name__} has no weights to quantize: {len(empty)} tensor(s) are on the meta device "
+            f"(first: {empty[0]}), as in a model built under torch.device('meta') or init_empty_weights. Load the "
+            f"weights first ({type(model).__name__}.from_pretrained(path)), or quantize while loading: "
+            f"{type(model).__name__}.from_pretrained(path, quantization_config=Int8Config())."
+        )
+    devices = {parameter.device.type for parameter in model.parameters()}
+    if devices - {"cpu"}:
+        raise ValueError(f"{caller} runs on CPU; the model has parameters on {sorted(devices)}. Call model.cpu() first.")
+
+
 def quantize_model(model: PreTrainedModel, config: Int8Config | None = None, calibration_data=None) -> PreTrainedModel:
     """Quantize a loaded fp32 transformers model in place (and return it) with ``config``'s scheme (default
     ``Int8Config()``).
@@ -358,16 +383,7 @@ def quantize_model(model: PreTrainedModel, config: Int8Config | None = None, cal
     ``calibration_data``, an iterable of model input dicts (a tokenizer's outputs), sets static activation
     scales (``"int8_static"``, ``"ibert"``) and SmoothQuant factors (``smoothquant_alpha``); docs/schemes.md.
     """
-    if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"quantize_model expects a transformers PreTrainedModel, got {type(model).__name__}")
-    if getattr(model, "is_quantized", False):
-        raise ValueError(
-            f"{type(model).__name__} is already quantized (quant_method={getattr(model, 'quantization_method', None)!r}); "
-            "quantize the fp32 model instead."
-        )
-    devices = {parameter.device.type for parameter in model.parameters()}
-    if devices - {"cpu"}:
-        raise ValueError(f"quantize_model runs on CPU; the model has parameters on {sorted(devices)}. Call model.cpu() first.")
+    check_float_model(model, "quantize_model")
     config = copy.deepcopy(config) if config is not None else Int8Config()
     config.manifest = None
     if calibration_data is not None and not config.takes_calibration_data:

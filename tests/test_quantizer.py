@@ -118,6 +118,42 @@ def test_a_quantized_model_deep_copies_into_an_equal_model():
     assert torch.equal(run(copied, arch.inputs()), run(qmodel, arch.inputs()))
 
 
+@pytest.mark.parametrize("source", ["int8-checkpoint", "quantized-while-loading"])
+def test_a_loaded_model_deep_copies_into_an_equal_model(source, tmp_path):
+    arch = TINY_ARCHS["bart"]
+    config = Int8Config(modules_in_bf16=["lm_head"], modules_in_fp32=["model.decoder.layers.0.fc2"])
+    if source == "int8-checkpoint":
+        quantize_model(arch.build(), config).save_pretrained(tmp_path / "int8")
+        loaded = INCModelForSeq2SeqLM.from_pretrained(tmp_path / "int8")
+    else:
+        arch.build().save_pretrained(tmp_path / "fp32")
+        loaded = INCModelForSeq2SeqLM.from_pretrained(tmp_path / "fp32", quantization_config=config)
+    copied = copy.deepcopy(loaded)
+    assert type(copied.lm_head) is BFloat16Linear and copied.lm_head is not loaded.lm_head
+    assert torch.equal(run(copied, arch.inputs()), run(loaded, arch.inputs()))
+
+
+def test_a_model_without_weights_is_refused_with_advice_that_works(bart_fp32_dir):
+    from optimum_int8.tuning import INCQuantizer
+
+    arch = TINY_ARCHS["bart"]
+    with torch.device("meta"):
+        empty = arch.auto_class.from_config(arch.config)
+    advice = r"has no weights to quantize: \d+ tensor\(s\) are on the meta device \(first: model.shared.weight\).*" \
+             r"from_pretrained\(path, quantization_config=Int8Config\(\)\)"
+    for quantize in (quantize_model, INCQuantizer):
+        with pytest.raises(ValueError, match=advice) as refused:
+            quantize(empty)
+        assert "cpu()" not in str(refused.value)  # moving a meta tensor to the CPU fails: no data to copy
+    partly = arch.build()
+    partly.model.encoder.layers[1].fc2.bias = nn.Parameter(torch.empty(32, device="meta"), requires_grad=False)
+    with pytest.raises(ValueError, match=r"1 tensor\(s\) are on the meta device \(first: model.encoder.layers.1.fc2.bias\)"):
+        quantize_model(partly)
+    # The advice: quantizing while loading.
+    qmodel = arch.auto_class.from_pretrained(bart_fp32_dir, quantization_config=Int8Config())
+    assert isinstance(qmodel.model.encoder.layers[1].fc2, Int8DynamicLinear)
+
+
 def test_modules_in_fp32_accepts_globs():
     qmodel = quantize_model(TINY_ARCHS["bart"].build(), Int8Config(modules_in_fp32=["model.decoder.layers.*.fc2"]))
     assert sorted(qmodel.config.quantization_config.manifest.fallback_modules) == [
@@ -151,9 +187,12 @@ def test_model_without_linear_layers_is_an_error():
 
 
 def test_quantizing_twice_is_an_error():
+    from optimum_int8.tuning import INCQuantizer
+
     qmodel = quantize_model(TINY_ARCHS["bart"].build())
-    with pytest.raises(ValueError, match="already quantized"):
-        quantize_model(qmodel)
+    for quantize in (quantize_model, INCQuantizer):  # the tuner refuses before its fp32 baseline evaluation
+        with pytest.raises(ValueError, match=r"already quantized \(quant_method='optimum_int8'\); quantize the fp32 model"):
+            quantize(qmodel)
 
 
 @pytest.mark.parametrize("device_map", [{"": "cuda:0"}, "cuda", {"model": "cpu", "lm_head": "disk"}])

@@ -15,7 +15,7 @@ from ..configuration import Int8Config, TuningRecord, library_versions, metric_l
 from ..nn import kernels
 from ..evaluation import TaskEvaluator, distributed, higher_is_better
 from ..legacy import find_legacy_checkpoint
-from ..quantizer import quantize_model
+from ..quantizer import check_float_model, quantize_model
 from ..tasks import task_spec
 from . import sensitivity
 from .config import TuningConfig
@@ -115,8 +115,7 @@ class INCQuantizer:
     """
 
     def __init__(self, model: PreTrainedModel, task: str | None = None, tokenizer=None):
-        if not isinstance(model, PreTrainedModel):
-            raise TypeError(f"INCQuantizer expects a transformers PreTrainedModel, got {type(model).__name__}")
+        check_float_model(model, "INCQuantizer")
         self.model = model
         # Any task a loader supports quantizes; the built-in evaluation (TaskEvaluator) says which ones tune.
         self.task = task_spec(task).name if task is not None else None
