@@ -185,3 +185,26 @@ def test_model_to_bfloat16_on_an_int8_model_runs_and_saves_the_format(tmp_path):
     qmodel.save_pretrained(tmp_path / "int8")
     loaded = arch.inc_class.from_pretrained(tmp_path / "int8")
     assert nn.functional.cosine_similarity(run(loaded, arch.inputs()).float().flatten(), reference.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("fallbacks", [{"modules_in_fp32": ["lm_head"]}, {"modules_in_bf16": ["lm_head"]}],
+                         ids=["fp32-lm-head", "bf16-lm-head"])
+def test_model_to_float16_follows_the_cast_whatever_the_compute_dtype(compute_dtype, fallbacks, tmp_path):
+    """A bf16-computing model (the default on AMX CPUs) cast to fp16: its int8 layers and the embedding tied
+    to an fp32 lm_head stop writing bf16 into fp16 norms, and the model runs in fp16."""
+    arch = TINY_ARCHS["bart"]
+    reference = run(arch.build(), arch.inputs())
+    qmodel = quantize_model(arch.build(), Int8Config(compute_dtype=compute_dtype, **fallbacks)).to(torch.float16)
+    assert all(m.compute_dtype is None for m in _int8_modules(qmodel))
+    output = run(qmodel, arch.inputs())
+    assert output.dtype == torch.float16
+    assert nn.functional.cosine_similarity(output.float().flatten(), reference.flatten(), dim=0) > 0.99
+    qmodel.save_pretrained(tmp_path / "int8")
+    loaded = arch.inc_class.from_pretrained(tmp_path / "int8")
+    assert nn.functional.cosine_similarity(run(loaded, arch.inputs()).float().flatten(), reference.flatten(), dim=0) > 0.99
+
+
+def test_moving_a_model_without_a_cast_keeps_its_compute_dtype():
+    qmodel = quantize_model(TINY_ARCHS["bart"].build(), Int8Config(compute_dtype="bfloat16")).to("cpu").to(torch.bfloat16)
+    assert {m.compute_dtype for m in _int8_modules(qmodel)} == {torch.bfloat16}

@@ -28,7 +28,12 @@ class PackedLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         """``model.to(dtype)`` and the like leave the bias in ``bias_dtype``: the checkpoint format stores it so,
-        and the packed weight holds its own copy; the module then simply returns the dtype it is given."""
+        and the packed weight holds its own copy. A cast of the float tensors (``.to(torch.float16)``,
+        ``.float()``) also drops the compute dtype ``nn.runtime`` set: the module then returns the dtype it is
+        given, which is the one the rest of the model now computes in."""
+        probe = torch.empty(0, dtype=self.compute_dtype or torch.float32)
+        if fn(probe).dtype != probe.dtype:
+            self.compute_dtype = None
         super()._apply(fn, recurse)
         if self.bias is not None and self.bias.dtype != self.bias_dtype and self.bias.is_floating_point():
             self.bias.data = self.bias.data.to(self.bias_dtype)

@@ -93,8 +93,10 @@ def _set_fallback_casts(module: nn.Module, enabled: bool) -> None:
 
 
 def _output_to_compute_dtype(module: nn.Module, args, output):
+    """A module holding a tensor an fp32 fallback shares computes in fp32: its output goes on in the compute
+    dtype. Once the model was cast (``.to(torch.float16)``), the output is already in the model's dtype."""
     dtype = module.__dict__[_COMPUTE_DTYPE]
-    if isinstance(output, torch.Tensor) and output.is_floating_point() and output.dtype != dtype:
+    if isinstance(output, torch.Tensor) and output.dtype == torch.float32:
         return output.to(dtype)
     return None
 
