@@ -11,7 +11,8 @@ from rouge_score import rouge_scorer, scoring
 
 from conftest import TINY_ARCHS
 from optimum_int8 import evaluation
-from optimum_int8.evaluation import TaskEvaluator
+from optimum_int8.evaluation import DataError, TaskEvaluator
+from optimum_int8.tasks import EVALUATED_TASKS
 from word_tokenizer import word_tokenizer
 
 PREDICTIONS = [
@@ -156,10 +157,10 @@ def test_local_data_files_load_with_inferred_columns(tmp_path, suffix):
 
 def test_column_and_file_errors_name_what_is_wrong(tmp_path):
     dataset = datasets.Dataset.from_dict({"body": ["x"], "target": [1]})
-    with pytest.raises(KeyError, match=r"no column for 'text'.*'body'"):
+    with pytest.raises(KeyError, match=r"the evaluation dataset has no column for 'text'.*'body'"):
         evaluation.resolve_columns(dataset, "text-classification")
     assert evaluation.resolve_columns(dataset, "text-classification", {"text": "body", "label": "target"})["text"] == "body"
-    with pytest.raises(KeyError, match="'missing' is not a dataset column"):
+    with pytest.raises(KeyError, match=r"the evaluation dataset: columns\['text'\] = 'missing' is not one of its columns"):
         evaluation.resolve_columns(dataset, "text-classification", {"text": "missing"})
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         evaluation.load_eval_dataset(tmp_path / "nope.csv")
@@ -252,3 +253,125 @@ def test_user_callable_metric_and_metric_key():
         ambiguous(model)
     with pytest.raises(ValueError, match="not a built-in metric"):
         TaskEvaluator("text-classification", data, tokenizer, metric="rougeLsum")
+
+
+# -- data that cannot be scored: every error names the file, and the row and column where there is one
+
+GOOD_ROWS = {  # two rows each task scores, by the columns its evaluation infers
+    "text-classification": {"text": ["the cat", "a dog"], "label": [0, 1]},
+    "token-classification": {"tokens": [["the", "cat"], ["a", "dog", "ran"]], "ner_tags": [[0, 1], [0, 0, 2]]},
+    "question-answering": {"question": ["w1", "w2"], "context": ["the cat sat", "a dog ran"], "answers": ["cat", "dog"]},
+    "summarization": {"document": ["the cat sat on the mat", "a dog ran home"], "summary": ["cat sat", "dog ran"]},
+    "text-generation": {"text": ["the cat sat on the mat", "a dog ran home"]},
+}
+GOOD_ROWS["text2text-generation"] = GOOD_ROWS["translation"] = GOOD_ROWS["summarization"]
+MODELS = {"text-classification": "bert", "token-classification": "bert_tokens", "question-answering": "distilbert",
+          "summarization": "bart", "text2text-generation": "bart", "translation": "bart", "text-generation": "gpt2"}
+
+
+def _write_rows(path, columns: dict) -> str:
+    path.write_text("".join(json.dumps(dict(zip(columns, values))) + "\n" for values in zip(*columns.values())))
+    return str(path)
+
+
+def _model_runs(model) -> list:
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+def test_every_evaluated_task_has_rows_here():
+    assert sorted(GOOD_ROWS) == sorted(EVALUATED_TASKS) == sorted(MODELS)
+
+
+@pytest.mark.parametrize("task", sorted(EVALUATED_TASKS))
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("data.json", "", "is empty \\(0 bytes\\)"),
+    ("data.csv", "text,label\n", "has no rows"),
+    ("data.json", "[]", "has no rows"),
+    ("data.json", "{not json", "is not a readable json file: JSON parse error"),
+    ("data.jsonl", '{"text": "a"}\n{"text": ', "is not a readable jsonl file"),
+], ids=["zero-byte", "header-only", "no-rows", "garbage-json", "truncated-jsonl"])
+def test_unreadable_or_empty_files_are_named_for_every_task(task, name, content, message, tmp_path):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=f"evaluation data file {tmp_path / name} {message}"):
+        TaskEvaluator(task, str(tmp_path / name), word_tokenizer(), show_progress=False)
+
+
+@pytest.mark.parametrize("task", sorted(EVALUATED_TASKS))
+def test_a_missing_column_names_the_file_and_the_column_for_every_task(task, tmp_path):
+    for dropped in GOOD_ROWS[task]:
+        rows = {column: values for column, values in GOOD_ROWS[task].items() if column != dropped}
+        role = next(role for role, names in EVALUATED_TASKS[task].evaluation.columns.items() if dropped in names)
+        path = _write_rows(tmp_path / f"without-{dropped}.jsonl", rows or {"other": ["x", "y"]})
+        with pytest.raises(KeyError, match=rf"evaluation data {path} has no column for '{role}'.* Pass columns="):
+            TaskEvaluator(task, path, word_tokenizer(), show_progress=False)
+
+
+@pytest.mark.parametrize("task", sorted(EVALUATED_TASKS))
+def test_a_value_of_the_wrong_kind_names_file_row_and_column_for_every_task(task, tmp_path):
+    """A csv's empty cell (None), a number where text belongs, text where a list of words belongs: refused
+    before any batch runs, where the model would have read it as text or crashed deep in a tokenizer."""
+    for column, values in GOOD_ROWS[task].items():
+        for wrong in (None, 7.5) + (("the cat",) if isinstance(values[1], list) else ()):
+            rows = {name: list(values) for name, values in GOOD_ROWS[task].items()}
+            rows[column][1] = wrong
+            path = _write_rows(tmp_path / "data.jsonl", rows)
+            with pytest.raises(DataError, match=rf"evaluation data {path}, row 1: column '{column}' holds {wrong!r}, not "):
+                TaskEvaluator(task, path, word_tokenizer(), show_progress=False)
+
+
+@pytest.mark.parametrize(("label", "message"), [
+    (3, "label 3 \\(column 'label'\\) is not one of the model's 3 labels 0..2"),
+    (-1, "label -1 \\(column 'label'\\) is not one of the model's 3 labels 0..2"),
+    ("positive", "label 'positive' \\(column 'label'\\) is not in the model's label2id"),
+], ids=["too-large", "negative", "unknown-name"])
+def test_a_label_outside_the_models_labels_is_named_before_the_model_runs(label, message, tmp_path):
+    model = TINY_ARCHS["bert"].build()
+    path = _write_rows(tmp_path / "reviews.jsonl", {"text": ["the cat", "a dog", "w1"], "label": [0, 1, label]})
+    runs = _model_runs(model)
+    evaluator = TaskEvaluator("text-classification", path, word_tokenizer(), batch_size=1, show_progress=False)
+    with pytest.raises(DataError, match=f"evaluation data {path}, row 2: {message}"):
+        evaluator(model)
+    assert runs == []
+
+
+@pytest.mark.parametrize(("tokens", "tags", "message"), [
+    (["a", "dog"], [0, 5], "tag 5 \\(column 'ner_tags'\\) is not a tag id 0..4"),
+    (["a", "dog"], [0, -1], "tag -1 \\(column 'ner_tags'\\) is not a tag id 0..4"),
+    (["a", "dog"], ["O", "B-ORG"], r"tag 'B-ORG' \(column 'ner_tags'\) is not one of the model's labels \['B-LOC', "),
+    (["a", "dog", "ran"], [0, 1], "column 'tokens' holds 3 words and column 'ner_tags' 2 tags"),
+], ids=["id-too-large", "negative-id", "unknown-tag", "one-tag-short"])
+def test_a_tag_outside_the_models_labels_is_named_before_the_model_runs(tokens, tags, message, tmp_path):
+    model = TINY_ARCHS["bert_tokens"].build()
+    model.config.id2label = dict(enumerate(["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]))
+    path = _write_rows(tmp_path / "ner.jsonl", {"tokens": [["the", "cat"], tokens], "ner_tags": [[0, 1], tags]})
+    runs = _model_runs(model)
+    evaluator = TaskEvaluator("token-classification", path, word_tokenizer(), show_progress=False)
+    with pytest.raises(DataError, match=f"evaluation data {path}, row 1: {message}"):
+        evaluator(model)
+    assert runs == []
+
+
+def test_tag_names_the_model_does_not_have_are_refused_not_scored_as_zero():
+    """A model with generic labels (LABEL_0 ...) scored on a dataset whose ClassLabel names are entity tags:
+    every prediction would miss every reference, a silent F1 of 0."""
+    model = TINY_ARCHS["bert_tokens"].build()
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]))})
+    data = datasets.Dataset.from_dict({"tokens": [["the", "cat"]], "ner_tags": [[0, 1]]}, features=features)
+    with pytest.raises(DataError, match=r"the evaluation dataset, row 0: tag 'O' \(column 'ner_tags'\) is not one of "
+                                        r"the model's labels \['LABEL_0', .*do not belong together"):
+        TaskEvaluator("token-classification", data, word_tokenizer(), show_progress=False)(model)
+    model.config.id2label = dict(enumerate(["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]))
+    assert 0.0 <= TaskEvaluator("token-classification", data, word_tokenizer(), show_progress=False)(model) <= 1.0
+
+
+@pytest.mark.parametrize("task", sorted(EVALUATED_TASKS))
+def test_the_good_rows_of_every_task_evaluate(task, tmp_path):
+    """The rows the error tests start from are themselves scored (so each error above is the edit's)."""
+    path = _write_rows(tmp_path / "data.jsonl", GOOD_ROWS[task])
+    model = TINY_ARCHS[MODELS[task]].build()
+    model.config.id2label = {i: f"LABEL_{i}" for i in range(model.config.num_labels)}
+    evaluator = TaskEvaluator(task, path, word_tokenizer(), show_progress=False, generation_kwargs={"max_new_tokens": 2})
+    assert math.isfinite(evaluator(model))

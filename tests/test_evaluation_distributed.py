@@ -11,7 +11,7 @@ import torch
 import rank_group
 from conftest import TINY_ARCHS
 from optimum_int8 import Int8Config, quantize_model
-from optimum_int8.evaluation import DistributedError, TaskEvaluator, distributed
+from optimum_int8.evaluation import DataError, DistributedError, TaskEvaluator, distributed
 from word_tokenizer import WORDS, word_tokenizer
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -202,7 +202,8 @@ def test_a_rank_that_raises_makes_every_rank_raise_naming_it(two_ranks):
         failure = rank["bad_label"]
         assert failure["type"] == "DistributedError"
         assert "evaluating text-classification on 8 rows failed on rank 1 of 2" in failure["message"]
-        assert "label 'nonsense' is not in model.config.label2id" in failure["message"]
+        assert "DataError: the evaluation dataset, row 6: label 'nonsense' (column 'label') is not in the model's label2id" \
+            in failure["message"]
         assert "rows 4-7" in failure["message"]  # the failing rank's shard
         assert failure["seconds"] < rank_group.GROUP_TIMEOUT_SECONDS  # reported, not timed out
         assert rank["after_failures"] == rank["scenarios"]["text-classification"]["value"]
@@ -237,7 +238,7 @@ def test_a_rank_that_dies_does_not_hang_the_others():
 def test_one_process_raises_the_original_error_and_needs_no_group():
     assert not distributed.is_distributed() and distributed.world_size() == 1 and distributed.is_main_process()
     model, evaluator = classification(**BAD_LABEL)
-    with pytest.raises(KeyError, match="'nonsense' is not in model.config.label2id"):
+    with pytest.raises(DataError, match=r"row 6: label 'nonsense' \(column 'label'\) is not in the model's label2id"):
         evaluator(model)
     assert distributed.gather("x") == ["x"] and distributed.broadcast(3) == 3
     assert distributed.on_main_process(lambda: 4, what="x") == 4 and distributed.on_every_rank(lambda: 5, what="x") == [5]

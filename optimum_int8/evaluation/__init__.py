@@ -3,7 +3,8 @@
 ``TaskEvaluator(task, dataset, tokenizer)`` turns a ``datasets.Dataset`` (or a local json/jsonl/csv/tsv/
 parquet file) into ``evaluator(model) -> float``: the callable the tuner hands to neural-compressor.
 
-- ``data``: reading datasets and data files, and finding the task's columns in them.
+- ``data``: reading datasets and data files, finding the task's columns in them and checking their values
+  (``DataError`` names the file, the row and the column).
 - ``metrics``: ROUGE, accuracy, F1, entity scores, SQuAD scores (as evaluate / scikit-learn / seqeval
   define them).
 - one module per task family (``text_classification``, ``token_classification``, ``question_answering``,
@@ -17,7 +18,7 @@ replaces the built-in metric; it gets predictions and references in the format `
 for that task expects.
 """
 
-from .data import DATA_FILE_BUILDERS, load_eval_dataset, resolve_columns
+from .data import DATA_FILE_BUILDERS, DataError, load_eval_dataset, resolve_columns
 from .distributed import DistributedError
 from .metrics import (
     LOWER_IS_BETTER,
@@ -56,6 +57,7 @@ __all__ = [
     "ROUGE_TYPES",
     "TASK_ALIASES",
     "TASK_METRICS",
+    "DataError",
     "DistributedError",
     "TaskEvaluator",
     "accuracy",

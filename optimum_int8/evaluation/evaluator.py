@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from ..tasks import EVALUATED_TASKS, canonical_task, evaluation_for
 from . import distributed
-from .data import batches, load_eval_dataset, resolve_columns
+from .data import DataError, batches, check_values, load_eval_dataset, resolve_columns, source_name
 from .metrics import higher_is_better
 
 
@@ -57,6 +57,7 @@ class TaskEvaluator:
         self.task = normalize_task(task)
         self.spec = EVALUATED_TASKS[self.task]
         self.loop = self.spec.evaluation
+        self.source = source_name(dataset)
         dataset = load_eval_dataset(dataset)
         if max_samples is not None:
             dataset = dataset.select(range(min(max_samples, len(dataset))))
@@ -65,7 +66,8 @@ class TaskEvaluator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
-        self.columns = resolve_columns(dataset, self.task, columns)
+        self.columns = resolve_columns(dataset, self.task, columns, source=self.source)
+        check_values(self._rows(), self.columns, self.loop.column_kinds, self.source)
         self.batch_size = batch_size
         self.max_length = max_length
         self.generation_kwargs = dict(generation_kwargs or {})
@@ -120,11 +122,11 @@ class TaskEvaluator:
         progress = tqdm(mine, desc=f"Evaluating {self.task}", unit="batch", leave=False,
                         disable=not (self.show_progress and distributed.is_main_process()))
         try:
+            for index in mine:  # all of them before the model runs: a bad label fails at once
+                references.extend(self._references(model, all_batches[index], first=index * self.batch_size))
             with torch.inference_mode():
                 for index in progress:
-                    rows = all_batches[index]
-                    predictions.extend(self.loop.predict(self, model, rows))
-                    references.extend(self.loop.references(self, model, rows))
+                    predictions.extend(self.loop.predict(self, model, all_batches[index]))
         except Exception as exc:  # every rank learns of it in the gather below
             if not distributed.is_distributed():
                 raise
@@ -149,6 +151,16 @@ class TaskEvaluator:
             lambda: self._reduce(model, predictions, references), what=f"computing {self.task} metrics"
         )
         return result
+
+    def _references(self, model, rows: list[dict], first: int) -> list:
+        """The references of ``rows`` (``first`` the index of the first), a DataError naming the file and row."""
+        references = []
+        for index, row in enumerate(rows, first):
+            try:
+                references.extend(self.loop.references(self, model, [row]))
+            except DataError as error:
+                raise DataError(f"{self.source}, row {index}: {error}") from None
+        return references
 
     def _reduce(self, model, predictions, references) -> tuple[dict[str, float], str, str | None]:
         """The metrics from all predictions, with the metric name and key (a user metric's key is found here)."""

@@ -10,6 +10,7 @@ class Seq2SeqGeneration(TaskEvaluation):
         "source": ("document", "article", "text", "source", "input", "dialogue"),
         "target": ("summary", "highlights", "target", "abstract", "output"),
     }
+    column_kinds = {"source": "text", "target": "text"}
 
     def encode(self, evaluator, rows):
         return evaluator.tokenizer([evaluator.column(row, "source") for row in rows], padding=True, truncation=True,

@@ -11,6 +11,7 @@ from .task_evaluation import TaskEvaluation, model_device
 class Perplexity(TaskEvaluation):
     metrics = ("perplexity", "loss")
     columns = {"text": ("text", "content", "document", "sentence")}
+    column_kinds = {"text": "text"}
     accepts_user_metric = False  # computed from the model's logits, not from predictions
 
     def prepare_tokenizer(self, tokenizer):

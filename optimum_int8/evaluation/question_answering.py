@@ -11,6 +11,7 @@ MAX_ANSWER_TOKENS = 30
 class QuestionAnswering(TaskEvaluation):
     metrics = ("f1", "exact_match")
     columns = {"question": ("question",), "context": ("context",), "answers": ("answers", "answer")}
+    column_kinds = {"question": "text", "context": "text", "answers": "answers"}
     needs_fast_tokenizer = True
 
     def encode(self, evaluator, rows, offsets: bool = False):

@@ -25,6 +25,8 @@ class TaskEvaluation:
     Attributes:
         metrics: the built-in metrics, the default first.
         columns: ``{role: column names tried, in order}``.
+        column_kinds: ``{role: what its values are}``, a kind of ``data.VALUE_KINDS`` ("text", "label", ...),
+            checked on every row before the model runs.
         optional_columns: roles that may be absent.
         needs_fast_tokenizer: the task reads word ids or offsets.
         accepts_user_metric: whether an ``evaluate`` metric / callable may replace the built-in metrics.
@@ -32,6 +34,7 @@ class TaskEvaluation:
 
     metrics: tuple[str, ...] = ()
     columns: dict[str, tuple[str, ...]] = {}
+    column_kinds: dict[str, str] = {}
     optional_columns: frozenset[str] = frozenset()
     needs_fast_tokenizer = False
     accepts_user_metric = True
@@ -53,7 +56,8 @@ class TaskEvaluation:
         raise NotImplementedError
 
     def references(self, evaluator, model, rows: list[dict]) -> list:
-        """The reference of each row, in the form ``reduce`` takes."""
+        """The reference of each row, in the form ``reduce`` takes; a ``data.DataError`` naming the column
+        for a value the model cannot be scored on (the evaluator adds the file and the row)."""
         return []
 
     def reduce(self, evaluator, model, predictions: list, references: list) -> dict[str, float]:

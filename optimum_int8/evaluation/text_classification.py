@@ -1,5 +1,6 @@
 """Text classification (and sentence pairs): accuracy and F1 of the argmax label."""
 
+from .data import DataError
 from .metrics import accuracy, f1
 from .task_evaluation import TaskEvaluation, model_device
 
@@ -11,6 +12,7 @@ class TextClassification(TaskEvaluation):
         "text_pair": ("text_pair", "sentence2"),
         "label": ("label", "labels", "sentiment"),
     }
+    column_kinds = {"text": "text", "text_pair": "text", "label": "label"}
     optional_columns = frozenset({"text_pair"})
 
     def encode(self, evaluator, rows):
@@ -31,13 +33,13 @@ class TextClassification(TaskEvaluation):
         if isinstance(label, str):
             label2id = getattr(model.config, "label2id", None) or {}
             if label not in label2id:
-                raise KeyError(f"label {label!r} is not in model.config.label2id {label2id} (column {column!r}).")
+                raise DataError(f"label {label!r} (column {column!r}) is not in the model's label2id {label2id}.")
             return int(label2id[label])
         num_labels = model.config.num_labels
         if isinstance(label, float) and label.is_integer():
             label = int(label)
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_labels:
-            raise ValueError(f"label {label!r} (column {column!r}) is not one of the model's {num_labels} labels "
+            raise DataError(f"label {label!r} (column {column!r}) is not one of the model's {num_labels} labels "
                              f"0..{num_labels - 1}; the dataset and the model do not belong together.")
         return label
 

@@ -1,5 +1,6 @@
 """Token classification (NER, POS): entity F1/precision/recall and token accuracy, each word from its first sub-token."""
 
+from .data import DataError
 from .metrics import entity_scores
 from .task_evaluation import TaskEvaluation, model_device
 
@@ -7,6 +8,7 @@ from .task_evaluation import TaskEvaluation, model_device
 class TokenClassification(TaskEvaluation):
     metrics = ("f1", "precision", "recall", "accuracy")
     columns = {"tokens": ("tokens", "words"), "tags": ("ner_tags", "tags", "labels", "pos_tags")}
+    column_kinds = {"tokens": "words", "tags": "tags"}
     needs_fast_tokenizer = True
 
     def encode(self, evaluator, rows):
@@ -31,12 +33,24 @@ class TokenClassification(TaskEvaluation):
         return predictions
 
     def references(self, evaluator, model, rows):
+        words_column, tags_column = evaluator.columns["tokens"], evaluator.columns["tags"]
+        labels = set(model.config.id2label.values())
         references, names = [], None
         for row in rows:
-            tags = list(evaluator.column(row, "tags"))
-            if tags and not isinstance(tags[0], str):
+            words, tags = evaluator.column(row, "tokens"), list(evaluator.column(row, "tags"))
+            if len(tags) != len(words):
+                raise DataError(f"column {words_column!r} holds {len(words)} words and column {tags_column!r} "
+                                f"{len(tags)} tags: each word needs one tag.")
+            if any(not isinstance(tag, str) for tag in tags):
                 names = names or self._tag_names(evaluator, model)
-                tags = [names[int(tag)] for tag in tags]
+                wrong = next((tag for tag in tags if not isinstance(tag, str) and not 0 <= tag < len(names)), None)
+                if wrong is not None:
+                    raise DataError(f"tag {wrong} (column {tags_column!r}) is not a tag id 0..{len(names) - 1}.")
+                tags = [tag if isinstance(tag, str) else names[tag] for tag in tags]
+            unknown = next((tag for tag in tags if tag not in labels), None)
+            if unknown is not None:
+                raise DataError(f"tag {unknown!r} (column {tags_column!r}) is not one of the model's labels "
+                                f"{sorted(labels)}; the dataset and the model do not belong together.")
             references.append(tags)
         return references
 
