@@ -4,10 +4,12 @@ import json
 
 import datasets
 import pytest
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from conftest import LEGACY_FIXTURES, TINY_ARCHS
 from optimum_int8 import INCModelForSequenceClassification, Int8DynamicLinear, cli
 from optimum_int8.modeling import TASK_LOADERS
+from optimum_int8.tasks import TASKS
 from optimum_int8.tuning import INCQuantizer
 from optimum_int8.evaluation import TaskEvaluator
 from word_tokenizer import word_tokenizer
@@ -149,15 +151,23 @@ def test_evaluate_reads_a_legacy_inc_checkpoint(tmp_path, capsys):
     assert 0.0 <= printed["accuracy"] <= 1.0
 
 
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_loader_task_quantizes_without_tuning(tmp_path, task):
+    auto_class = TASKS[task].auto_class
+    arch = {AutoModelForSeq2SeqLM: "bart", AutoModelForCausalLM: "gpt2"}.get(auto_class, "roberta")
+    model_dir = tmp_path / f"{arch}-fp32"
+    TINY_ARCHS[arch].build().save_pretrained(model_dir)
+    assert cli.main(["quantize", str(model_dir), "--task", task, "-o", str(tmp_path / "int8")]) == 0
+    model = TASK_LOADERS[task].from_pretrained(tmp_path / "int8")
+    assert type(model) is type(auto_class.from_pretrained(model_dir))
+    assert any(isinstance(module, Int8DynamicLinear) for module in model.modules())
+    assert type(INCQuantizer.from_pretrained(model_dir, task=task).quantize()) is type(model)
+
+
 @pytest.mark.parametrize("task", ["fill-mask", "feature-extraction"])
-def test_every_loader_task_quantizes_without_tuning(tmp_path, task, capsys):
+def test_tuning_a_task_without_a_built_in_evaluation_is_one_line(tmp_path, task, capsys):
     model_dir = tmp_path / "roberta-fp32"
     TINY_ARCHS["roberta"].build().save_pretrained(model_dir)
-    assert cli.main(["quantize", str(model_dir), "--task", task, "-o", str(tmp_path / "int8")]) == 0
-    loader = TASK_LOADERS[task]
-    model = loader.from_pretrained(tmp_path / "int8")
-    assert any(isinstance(module, Int8DynamicLinear) for module in model.modules())
-    assert isinstance(INCQuantizer.from_pretrained(model_dir, task=task).quantize(), type(model))
     (tmp_path / "rows.csv").write_text("text\nw1 w2\n")
     assert cli.main(["quantize", str(model_dir), "--task", task, "--dataset", str(tmp_path / "rows.csv"),
                      "-o", str(tmp_path / "tuned")]) == 2
