@@ -49,6 +49,7 @@ TASKS = {INCModelForSeq2SeqLM: "text2text-generation", INCModelForSequenceClassi
 # last bits of the fp32 parts (about 1e-7 relative, as the fp32 model itself does). With eager attention it is exact.
 EXACT_KWARGS = {"bart_seq2seq_dynamic_eager": {"attn_implementation": "eager"}}
 FP32_FALLBACKS = {"lm_head": "float32", "model.decoder.layers.0.fc2": "float32"}
+BF16_TIED = Path(__file__).parent / "fixtures" / "bart_seq2seq_dynamic_tuned_bf16_tied"
 PLAIN_FILES = ("config.json", "inc_config.json", "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt")
 
@@ -517,27 +518,25 @@ def test_convert_never_copies_a_tokenizer_file_linking_outside_the_checkpoint(tm
 
 
 def test_bf16_lm_head_tied_to_the_shared_embedding_loads_and_matches_the_old_stack(tmp_path):
-    """INC tuned with bf16 fallbacks on a tied BART: converting lm_head's weight to bf16 converted the shared
-    embedding Parameter with it, so the pickle holds model.shared.weight (and its tied copies) in bf16,
-    unlisted in best_configure."""
-    folder = copy_fixture("bart_seq2seq_dynamic", tmp_path / "tied")
-    _bf16_fallback_checkpoint(folder)
+    """Written by the old stack (tests/fixtures/README.md): its tuning fell 7 modules back to bf16, lm_head
+    among them, so the pickle holds model.shared.weight (and its tied copies) in bf16, unlisted in best_configure."""
+    ref = json.loads((BF16_TIED / "reference.json").read_text())
+    state_dict = read_state_dict(BF16_TIED / "pytorch_model.bin")
+    shared = state_dict["model.shared.weight"]
+    assert shared.dtype == torch.bfloat16 and not any("shared" in name for name, _ in state_dict["best_configure"]["op"])
+    model = INCModelForSeq2SeqLM.from_pretrained(BF16_TIED)
+    bf16 = sorted(today_name(name) for name in ref["bf16_linear_modules"])
+    assert "lm_head" in bf16 and len(bf16) == 7
+    assert sorted(name for name, module in model.named_modules() if type(module) is BFloat16Linear) == bf16
+    assert model.config.quantization_config.manifest.fallback_modules == dict.fromkeys(bf16, "bfloat16")
+    assert torch.equal(model.get_input_embeddings().weight.float(), shared.float())
 
-    def tie(state_dict, best_configure):
-        for key in ("model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"):
-            state_dict[key] = state_dict["lm_head.weight"]
-
-    rewrite_checkpoint(folder, tie)
-    model = INCModelForSeq2SeqLM.from_pretrained(folder)
-    assert type(model.lm_head) is BFloat16Linear and model.model.shared.weight.dtype == torch.float32
-
-    # The old stack: every tied copy of the embedding a bf16 Parameter, lm_head run by BF16ModuleWrapper.
-    old = INCModelForSeq2SeqLM.from_pretrained(LEGACY_FIXTURES / "bart_seq2seq_dynamic")
-    shared = nn.Parameter(old.model.shared.weight.detach().to(torch.bfloat16), requires_grad=False)
-    for embedding in (old.model.shared, old.model.encoder.embed_tokens, old.model.decoder.embed_tokens):
-        embedding.weight = shared
-    old.lm_head = _OldBF16Wrapper(old.lm_head)
-    inputs = model_inputs(reference("bart_seq2seq_dynamic"))
-    assert torch.equal(logits(model, inputs), logits(old, inputs))
-    converted = INCModelForSeq2SeqLM.from_pretrained(convert_legacy_checkpoint(folder, tmp_path / "out", task="text2text-generation"))
-    assert torch.equal(logits(converted, inputs), logits(model, inputs))
+    tokenizer = AutoTokenizer.from_pretrained(BF16_TIED)
+    assert tokenizer(ref["sentences"], padding=True)["input_ids"] == ref["inputs"]["input_ids"]
+    inputs, expected = model_inputs(ref), torch.tensor(ref["int8_loaded"]["logits"])
+    assert torch.equal(logits(model, inputs), expected)
+    assert generate(model, ref) == ref["generated_int8_loaded"]
+    converted = INCModelForSeq2SeqLM.from_pretrained(
+        convert_legacy_checkpoint(BF16_TIED, tmp_path / "out", task="text2text-generation"))
+    assert type(converted.lm_head) is BFloat16Linear
+    assert torch.equal(logits(converted, inputs), expected)
