@@ -217,6 +217,51 @@ def test_a_save_killed_by_a_signal_in_a_separate_interpreter(workspace, bart_fp3
     assert _leftovers(target) == []
 
 
+@pytest.mark.parametrize("writer", ["convert", "tuner"])
+def test_convert_and_the_tuner_killed_at_any_step_leave_no_checkpoint_or_a_whole_one(writer, tmp_path, bart_fp32_dir):
+    """The other writers, tokenizer and model card included: killed before their rename, nothing is at the path
+    and the next write cleans up; after it, the whole checkpoint is."""
+    from word_tokenizer import word_tokenizer
+
+    from optimum_int8 import convert_legacy_checkpoint
+    from optimum_int8.tuning import INCQuantizer
+
+    target = tmp_path / "writes" / "out"
+    target.parent.mkdir()
+    if writer == "convert":
+        def write():
+            convert_legacy_checkpoint(LEGACY_FIXTURES / "bart_seq2seq_dynamic", target, task="text2text-generation")
+    else:
+        quantizer = INCQuantizer(AutoModelForSeq2SeqLM.from_pretrained(bart_fp32_dir), tokenizer=word_tokenizer())
+
+        def write():
+            quantizer.quantize(save_directory=target, show_progress=False)
+    write()
+    complete = _snapshot(target)
+    assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= set(complete)
+    shutil.rmtree(target)
+    steps, reached = [], {"nothing": 0, "whole": 0}
+    for kill_at in itertools.count(1):
+        pid, read_end = _gated_child(write, kill_at)
+        message = _wait_for(pid, read_end)
+        _kill(pid)
+        assert not message.startswith(("error", "timeout")), message
+        if message == "done":
+            break
+        steps.append(message)
+        reached["whole" if target.exists() else "nothing"] += 1
+        if target.exists():
+            assert _snapshot(target) == complete, f"a kill at step {kill_at} ({message})"
+            INCModelForSeq2SeqLM.from_pretrained(target)
+        else:
+            write()
+            assert _snapshot(target) == complete
+        assert _leftovers(target) == [], (kill_at, message)
+        shutil.rmtree(target)
+    assert "fsync" in steps and "safe_save_file" in steps and "rename" in steps
+    assert reached["nothing"] and reached["whole"], reached
+
+
 def test_leftovers_of_a_live_process_are_left_alone(workspace, models):
     target, _, _ = workspace
     live = target.parent / f".int8.saving-{saving._HOST}-{os.getpid()}-abc123"
