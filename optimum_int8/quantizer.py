@@ -25,7 +25,7 @@ from transformers.quantizers.auto import (
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils import logging
 
-from . import linear_modules
+from . import generation, linear_modules
 from ._memory import FilePageReleaser, trim_heap
 from .checkpoint import (
     LEGACY_ORIGIN,
@@ -298,6 +298,8 @@ class Int8HfQuantizer(HfQuantizer):
                 )
         if self.pre_quantized:
             align_float_linears(model)
+        if self.is_compileable:
+            generation.configure_fast_decode(model)
         self._releaser = None  # its libc handle serves the load only, and copy.deepcopy of the model cannot copy it
         model.save_pretrained = types.MethodType(atomic_save_pretrained, model)
         model.push_to_hub = types.MethodType(push_to_hub, model)
@@ -345,6 +347,15 @@ class Int8HfQuantizer(HfQuantizer):
 
     def is_serializable(self, *args, **kwargs):
         return True
+
+    @property
+    def is_compileable(self) -> bool:
+        """Whether transformers may compile the model's decode step: every int8 module's scheme traces whole, and
+        no Linear stayed float (the float fallbacks' prepacked oneDNN weights do not lower in inductor)."""
+        manifest = self.quantization_config.manifest
+        if not self.module_schemes or manifest is None or manifest.fallback_modules:
+            return False
+        return all(get_scheme(scheme).compiles for scheme in set(self.module_schemes.values()))
 
     @property
     def is_trainable(self):

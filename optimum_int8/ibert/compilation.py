@@ -14,14 +14,13 @@ without trying.
 """
 
 import contextlib
-import os
 import time
 import warnings
 from collections.abc import Callable
 
 import torch
 
-COMPILE_ENV = "OPTIMUM_INT8_COMPILE"
+from ..compilation import COMPILE_ENV, compile_switched_off
 # Newton's square root and the bit-length search of the integer LayerNorm read each step's value two or three
 # times; inductor inlines such chains into one expression and then traces it once per read, exponentially
 # (inductor's CPU default realizes only chains of over 50 ops). Realizing every reused value of over 20 ops
@@ -45,7 +44,7 @@ _STATE = _State()
 
 def compile_enabled() -> bool:
     """Whether integer layers compile in this process now (no failure yet, not switched off)."""
-    return _STATE.failure is None and not _STATE.forced_eager and os.environ.get(COMPILE_ENV, "1") != "0"
+    return _STATE.failure is None and not _STATE.forced_eager and not compile_switched_off()
 
 
 @contextlib.contextmanager

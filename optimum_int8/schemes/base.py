@@ -42,6 +42,9 @@ class Scheme:
     # Observers that set static activation scales (the first is the default); empty: the scheme has none.
     observers: tuple[str, ...] = ()
     supports_fallbacks: bool = True
+    # Its modules trace under torch.compile without graph breaks, so a causal LM quantized with it (and only with
+    # such schemes) decodes through a compiled step (optimum_int8/generation.py).
+    compiles: bool = False
     quantizer: str | None = None
 
     def quantizer_class(self):

@@ -14,4 +14,5 @@ SCHEME = Scheme(
     ),
     module_class=Int8WeightOnlyLinear,
     convert=lambda weight, bias, calibration: Int8WeightOnlyLinear.from_weight(weight, bias),
+    compiles=True,
 )

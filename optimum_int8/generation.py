@@ -1,0 +1,96 @@
+"""The fast generation path of int8 causal LMs: a static KV cache and a compiled decode step, inside transformers'
+own ``generate`` (so ``pipeline("text-generation")`` and every generation option keep working).
+
+A decode step of a small LM multiplies one token by every weight; in eager PyTorch the Python and dispatch
+overhead of a few thousand small ops and the KV cache growing by concatenation cost as much as the int8 GEMMs
+(docs/llm.md has the profile). transformers already compiles the decode step when the cache is static and the
+quantizer says the model compiles, but only on accelerators unless a ``CompileConfig`` asks for every device. So
+when a causal LM whose int8 layers all trace without graph breaks (``Scheme.compiles``) is loaded or quantized:
+
+- ``generation_config.cache_implementation = "static"`` unless another is set: the KV cache is allocated once per
+  ``generate`` call and written in place (saved with the model, so a reloaded one decodes the same way);
+- ``generation_config.compile_config``: inductor, ``dynamic=None`` (a second prompt length compiles one dynamic
+  graph instead of one graph per length). Where inductor fails (no C++ compiler, an unsupported torch), the graph
+  runs eagerly and one ``DecodeCompileWarning`` says why.
+
+Prefill stays eager (transformers compiles decode steps only). The first ``generate`` call of a process pays the
+compile; ``generate(..., disable_compile=True)``, ``OPTIMUM_INT8_COMPILE=0`` (read when the model is configured)
+or a cache or compile config of the user's own keep the eager path.
+"""
+
+import warnings
+
+import torch
+from transformers.generation.configuration_utils import CompileConfig
+
+from .compilation import COMPILE_ENV, compile_switched_off
+
+
+# inductor_or_eager's name among torch.compile's backends: a generation config holds a backend's name, not the
+# function, since transformers hashes and saves the config as JSON.
+BACKEND = "optimum_int8_inductor_or_eager"
+
+
+class DecodeCompileWarning(UserWarning):
+    """torch.compile failed on this machine: decode steps run eagerly (same tokens, slower)."""
+
+
+class _State:
+    failure: str | None = None  # why inductor failed in this process; None while it works (or was not tried)
+
+
+_STATE = _State()
+
+
+def inductor_or_eager(graph_module, example_inputs):
+    """A ``torch.compile`` backend: inductor, or the traced graph run eagerly once inductor has failed here."""
+    if _STATE.failure is None:
+        try:
+            from torch._inductor.compile_fx import compile_fx
+
+            return compile_fx(graph_module, example_inputs)
+        except Exception as error:  # noqa: BLE001: any compiler failure falls back to the graph itself
+            _fall_back(error)
+    return graph_module.forward
+
+
+def _fall_back(error: Exception) -> None:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    _STATE.failure = f"{type(error).__name__}: {message}"[:300]
+    warnings.warn(
+        f"torch.compile does not work here ({_STATE.failure}); int8 decode steps run eagerly from now on: the same "
+        f"tokens, slower. A C++ compiler (g++) and a torch release that supports this Python make them fast; set "
+        f"{COMPILE_ENV}=0 to skip the attempt.",
+        DecodeCompileWarning,
+        stacklevel=2,
+    )
+
+
+def decode_compile_config() -> CompileConfig:
+    """What the decode step compiles with, on every device (transformers' default compiles on accelerators only)."""
+    if BACKEND not in torch._dynamo.list_backends(exclude_tags=()):
+        torch._dynamo.register_backend(inductor_or_eager, name=BACKEND)
+    config = CompileConfig(fullgraph=False, dynamic=None, backend=BACKEND, mode=None)
+    config._compile_all_devices = True
+    return config
+
+
+def is_causal_lm(model) -> bool:
+    return model.can_generate() and not getattr(model.config, "is_encoder_decoder", False)
+
+
+def configure_fast_decode(model) -> bool:
+    """Give ``model`` (a causal LM whose int8 layers compile) a static cache and a compiled decode step, unless its
+    generation config names another cache or a compile config of its own. Returns whether it was configured.
+
+    The static cache is saved with the model (``generation_config.json``); the compile config never is."""
+    if compile_switched_off() or not is_causal_lm(model):
+        return False
+    generation_config = model.generation_config
+    if generation_config.compile_config is not None:
+        return False
+    if generation_config.cache_implementation not in (None, "static"):
+        return False
+    generation_config.cache_implementation = "static"
+    generation_config.compile_config = decode_compile_config()
+    return True
