@@ -6,10 +6,13 @@
 
 Both load with llama.cpp's defaults: memory-mapped weights, its CPU backend, flash attention and an f16 KV cache
 (attention in 16-bit floats: ~1e-3 relative error on the logits, even in F32), a context as long as the model's
-positions, and as many threads as torch uses, for single-token steps and prompts alike. One exception: on CPUs with
-AMX, llama.cpp repacks quantized weights for its AMX matmul, which segfaults on the first evaluation (llama.cpp
-issue 20824; seen here with llama-cpp-python 0.3.36 on Q8_0 and Q4_1 files). There the weights keep llama.cpp's
-plain CPU layout, as its ``--no-repack`` option keeps them.
+positions, and as many threads as torch uses, for single-token steps and prompts alike, with its weights repacked
+for the CPU's vector units. One exception: a llama.cpp built with AMX (pip's default native build on an AMX CPU)
+repacks quantized weights for its AMX matmul, which segfaults on the first evaluation (llama.cpp issue 20824; seen
+here with llama-cpp-python 0.3.36 on Q8_0 and Q4_1 files). With such a build the weights keep llama.cpp's plain
+layout, as its ``--no-repack`` option keeps them; a build without AMX (``CMAKE_ARGS="-DGGML_NATIVE=OFF
+-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON ..."``, docs/benchmarks.md) keeps the repacking and is the faster peer there.
+The benchmark reports which (``kernel_description``).
 
 They run the causal-LM workloads only, batch 1: ``prefill`` evaluates the prompt from an empty KV cache and returns
 the last position's logits (what generation needs; transformers computes every position's), ``decode`` is greedy
@@ -26,7 +29,6 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import CausalLMOutput
 
-from ..nn.kernels import capabilities
 from .gguf_export import write_gguf_f32
 from .variants import Variant, register_variant
 
@@ -81,7 +83,12 @@ class LlamaCppCausalLM:
         logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
         self._llama_cpp = llama_cpp
         model_params = llama_cpp.llama_model_default_params()
-        model_params.use_extra_bufts = not capabilities.detect().amx_int8  # see the module docstring
+        amx_build = b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+        model_params.use_extra_bufts = not amx_build  # see the module docstring
+        self.kernel_description = (
+            "llama.cpp, plain weight layout (this build's AMX repacking crashes)" if amx_build
+            else "llama.cpp, weights repacked for this CPU"
+        )
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
         if not model:
             raise RuntimeError(f"llama.cpp could not load {path}")
@@ -152,8 +159,8 @@ def load_llama_cpp(directory: Path) -> LlamaCppCausalLM:
 
 register_variant(Variant(
     "llama-cpp-q8-0", "llama.cpp Q8_0",
-    "llama.cpp (llama-cpp-python) on the F32 GGUF export quantized to Q8_0 by llama.cpp's own quantizer; on AMX CPUs "
-    "without its AMX weight repacking, which crashes there",
+    "llama.cpp (llama-cpp-python) on the F32 GGUF export quantized to Q8_0 by llama.cpp's own quantizer; a llama.cpp "
+    "built with AMX runs it without weight repacking, which crashes there",
     build_llama_cpp_q8_0, load_llama_cpp, requires=("llama_cpp", "gguf"), extra="llama-cpp",
     workloads=("prefill", "decode"),
 ))

@@ -220,7 +220,8 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkResult:
         warnings.simplefilter("ignore")
         models = {v.name: v.load(checkpoints[v.name]) for v in tqdm(variants, desc="Loading", unit="variant")}
     for result in results:
-        result.kernel = runtime.describe(models[result.name]) if isinstance(models[result.name], torch.nn.Module) else ""
+        model = models[result.name]
+        result.kernel = runtime.describe(model) if isinstance(model, torch.nn.Module) else getattr(model, "kernel_description", "")
     generator = torch.Generator().manual_seed(settings.seed)
     inputs = {name: WORKLOADS[name].make_inputs(config, sizes, generator) for name, sizes in workload_sizes.items()}
 
