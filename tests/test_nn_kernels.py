@@ -205,6 +205,20 @@ def test_per_token_gemms_quantize_each_row_with_its_own_scale(backend, rows):
     assert kernels.BACKENDS[backend].linear_per_token(x.bfloat16(), packed, torch.bfloat16).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_onednn_per_token_blocks_of_rows_give_the_one_call_results_exactly(monkeypatch, out_dtype):
+    if _runnable("onednn"):
+        pytest.skip(_runnable("onednn"))
+    weight_int8, weight_scale, bias = _weights()
+    x = (torch.randn(3, 23, 40) * torch.logspace(-2, 2, 23)[:, None] + 0.5).to(out_dtype)
+    packed = kernels.onednn.pack(weight_int8, weight_scale, bias)
+    whole = kernels.onednn.linear_per_token(x, packed, out_dtype)
+    monkeypatch.setattr(kernels.onednn, "_FP32_BLOCK_BYTES", 4 * weight_int8.shape[0] * 5)  # blocks of 5 rows
+    blocked = kernels.onednn.linear_per_token(x, packed, out_dtype)
+    assert blocked.shape == whole.shape == (3, 23, weight_int8.shape[0]) and blocked.dtype == out_dtype
+    assert torch.equal(blocked, whole)
+
+
 @pytest.mark.parametrize("backend", BACKENDS_HERE)
 def test_static_gemms_use_the_given_scale_and_clamp_outside_it(backend):
     weight_int8, weight_scale, bias = _weights()

@@ -58,19 +58,40 @@ def linear(x: torch.Tensor, packed: OnednnWeight, reduce_range: bool, out_dtype:
     )
 
 
+# The per-token GEMM writes fp32 (its zero-point correction would cancel catastrophically in bf16), in blocks of rows
+# of at most this many bytes: glibc serves blocks below its mmap threshold (at most 32 MiB) from the heap once one
+# was freed, where a whole prefill-sized output (2048 x 4096 x 4 bytes) is mmap'd and page-faulted on every call,
+# which cost 4x the GEMM itself (AMX CPU, 2 threads).
+_FP32_BLOCK_BYTES = 8 * 2**20
+
+
 def linear_per_token(x: torch.Tensor, packed: OnednnWeight, out_dtype: torch.dtype) -> torch.Tensor:
     """``x @ W.T + b`` with one activation scale and zero point per row (token). The GEMM runs on the raw codes
     (zero point 0, scale 1); each row's zero point is then taken out with the weight's column sums, and its
-    scale applied with the bias: ``y = s_r * (W_s q_r - z_r * W_s 1) + b``, two passes over the output."""
+    scale applied with the bias: ``y = s_r * (W_s q_r - z_r * W_s 1) + b``. The integer GEMM is exact, so blocks
+    of rows give the same results as one call."""
     codes, row_scales, zero_points = activation_quantization.quantize_per_row(x)
+    out_features = packed.scaled_weight_sums.shape[0]
+    block = max(1, _FP32_BLOCK_BYTES // (4 * out_features))
+    if len(codes) <= block:
+        y = _per_token_block(codes, row_scales, zero_points, packed)
+        y = y if out_dtype == torch.float32 else y.to(out_dtype)
+    else:
+        y = torch.empty(len(codes), out_features, dtype=out_dtype)
+        for start in range(0, len(codes), block):
+            rows = slice(start, start + block)
+            y[rows] = _per_token_block(codes[rows], row_scales[rows], zero_points[rows], packed)
+    return y.view(*x.shape[:-1], out_features)
+
+
+def _per_token_block(codes, row_scales, zero_points, packed: OnednnWeight) -> torch.Tensor:
     y = torch.ops.onednn.qlinear_pointwise(
         codes, 1.0, 0, packed.weight, packed.weight_scale, packed.weight_zero_point, None, 1.0, 0, torch.float32,
         "none", [], "",
     )
-    y.addr_(zero_points, packed.scaled_weight_sums, alpha=-1)
-    y = torch.addcmul(packed.bias, y, row_scales[:, None]) if packed.bias is not None else y.mul_(row_scales[:, None])
-    y = y.view(*x.shape[:-1], y.shape[-1])
-    return y if out_dtype == torch.float32 else y.to(out_dtype)
+    # In place: each new fp32 temporary is another pass of page faults.
+    y.addr_(zero_points, packed.scaled_weight_sums, alpha=-1).mul_(row_scales[:, None])
+    return y if packed.bias is None else y.add_(packed.bias)
 
 
 def linear_static(x: torch.Tensor, packed: OnednnWeight, scale: float, zero_point: int,
