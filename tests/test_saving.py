@@ -95,6 +95,19 @@ def _gated_child(action, kill_at: int, *, no_exchange: bool = False):
         os._exit(0)
 
 
+def _kill_at_every_step(action, *, no_exchange: bool = False):
+    """Run ``action()`` in a child killed at its 1st, 2nd, ... filesystem step until a run completes; yields the
+    step number and the step each kill interrupted."""
+    for kill_at in itertools.count(1):
+        pid, read_end = _gated_child(action, kill_at, no_exchange=no_exchange)
+        message = _wait_for(pid, read_end)
+        _kill(pid)
+        assert not message.startswith(("error", "timeout")), message
+        if message == "done":
+            return
+        yield kill_at, message
+
+
 def _wait_for(pid: int, read_end: int, timeout: float = 120) -> str:
     ready, _, _ = select.select([read_end], [], [], timeout)
     message = os.read(read_end, 4096).decode() if ready else "timeout"
@@ -128,13 +141,7 @@ def test_a_save_killed_at_any_step_leaves_the_old_or_the_new_checkpoint(workspac
     target, snapshots, outputs = workspace
     _, new = models
     reached, steps = {"old": 0, "new": 0, "restored": 0}, []
-    for kill_at in itertools.count(1):
-        pid, read_end = _gated_child(lambda: new.save_pretrained(target), kill_at, no_exchange=no_exchange)
-        message = _wait_for(pid, read_end)
-        _kill(pid)
-        assert not message.startswith(("error", "timeout")), message
-        if message == "done":
-            break
+    for kill_at, message in _kill_at_every_step(lambda: new.save_pretrained(target), no_exchange=no_exchange):
         steps.append(message)
         if target.exists():
             state = _which(_snapshot(target), snapshots, f"after a kill at step {kill_at} ({message})")
@@ -241,13 +248,7 @@ def test_convert_and_the_tuner_killed_at_any_step_leave_no_checkpoint_or_a_whole
     assert {"model.safetensors", "config.json", "README.md", "tokenizer.json"} <= set(complete)
     shutil.rmtree(target)
     steps, reached = [], {"nothing": 0, "whole": 0}
-    for kill_at in itertools.count(1):
-        pid, read_end = _gated_child(write, kill_at)
-        message = _wait_for(pid, read_end)
-        _kill(pid)
-        assert not message.startswith(("error", "timeout")), message
-        if message == "done":
-            break
+    for kill_at, message in _kill_at_every_step(write):
         steps.append(message)
         reached["whole" if target.exists() else "nothing"] += 1
         if target.exists():
