@@ -149,7 +149,8 @@ def test_scheme_variants_build_and_a_causal_lm_runs_prefill_and_decode(tmp_path)
     """The calibrated static variant builds from the benchmark's calibration inputs; causal LMs get their own
     workloads (and only those)."""
     settings = BenchmarkSettings(
-        model="tiny-llama", workdir=tmp_path, variants=["fp32", "int8", "int8-static-smoothquant", "int8-weight-only"],
+        model="tiny-llama", workdir=tmp_path, variants=["fp32", "int8", "int8-static-smoothquant", "int8-weight-only",
+                                             "int8-weight-only-eager"],
         repeats=1, warmup=0, threads=1, measure_load=False,
         sizes={"prefill": {"prompt_length": 16}, "decode": {"prompt_length": 16, "new_tokens": 3}},
     )
@@ -160,3 +161,12 @@ def test_scheme_variants_build_and_a_causal_lm_runs_prefill_and_decode(tmp_path)
     config = json.loads((tmp_path / "tiny-llama-seed0" / "int8-static-smoothquant" / "config.json").read_text())
     manifest = config["quantization_config"]["manifest"]
     assert config["quantization_config"]["scheme"] == "int8_static" and manifest["calibration"]["samples"] > 0
+
+
+def test_the_eager_decode_variant_loads_the_weight_only_checkpoint_without_generation_defaults(tmp_path):
+    PRESETS["tiny-llama"].save(tmp_path / "fp32", seed=0)
+    compiled, eager = VARIANTS["int8-weight-only"], VARIANTS["int8-weight-only-eager"]
+    fast = compiled.load(compiled.checkpoint(tmp_path / "fp32", tmp_path))
+    plain = eager.load(eager.checkpoint(tmp_path / "fp32", tmp_path))
+    assert fast.generation_config.compile_config is not None and fast.generation_config.cache_implementation == "static"
+    assert plain.generation_config.compile_config is None and plain.generation_config.cache_implementation is None

@@ -36,6 +36,12 @@ GGUF_FILE = "model.gguf"
 _F32_STAGING_FILE = "model-f32.gguf"
 
 
+def _silence_llama_cpp() -> None:
+    """llama.cpp's log lines off (a line per tensor while quantizing), as Llama(verbose=False) means to:
+    llama-cpp-python's level table predates ggml's DEBUG level, so llama.cpp's warnings reach its logger as errors."""
+    logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
+
+
 def _copy_config(fp32_dir: Path, out_dir: Path) -> None:
     shutil.copy2(Path(fp32_dir) / "config.json", Path(out_dir) / "config.json")
 
@@ -49,6 +55,7 @@ def quantize_q8_0(source: Path, target: Path) -> None:
     """``source`` (a GGUF file) quantized to Q8_0 into ``target`` by llama.cpp, as ``llama-quantize`` does."""
     import llama_cpp
 
+    _silence_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
     params.nthread = torch.get_num_threads()
@@ -78,9 +85,7 @@ class LlamaCppCausalLM:
         0 and ``type_k`` / ``type_v`` ``GGML_TYPE_F32`` for attention in float32."""
         import llama_cpp
 
-        # llama.cpp's log lines off, as Llama(verbose=False) means to: llama-cpp-python's level table predates ggml's
-        # DEBUG level, so llama.cpp's warnings reach its logger as errors.
-        logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
+        _silence_llama_cpp()
         self._llama_cpp = llama_cpp
         model_params = llama_cpp.llama_model_default_params()
         amx_build = b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()

@@ -97,6 +97,15 @@ def load_int8(directory: Path):
     return model_class(directory).from_pretrained(directory).eval()
 
 
+def load_int8_eager_decode(directory: Path):
+    """An optimum-int8 checkpoint without its generation defaults (generation.py): transformers' dynamic KV cache and
+    eager decode steps, to show what the static cache and the compiled step bring."""
+    model = load_int8(directory)
+    model.generation_config.cache_implementation = None
+    model.generation_config.compile_config = None
+    return model
+
+
 def quantize_while_loading(directory: Path, config: Int8Config | None = None):
     """An fp32 checkpoint quantized to int8 as its weights stream in."""
     return model_class(directory).from_pretrained(directory, quantization_config=config or Int8Config()).eval()
@@ -141,6 +150,12 @@ for _name, _scheme in SCHEMES.items():
     if _scheme.module_class is not None:
         register_variant(int8_variant(f"int8-{_name.removeprefix('int8_').replace('_', '-')}", _name,
                                       f"optimum-int8 {_name}: {_scheme.summary}", scheme=_name))
+register_variant(dataclasses.replace(
+    VARIANTS["int8-weight-only"], name="int8-weight-only-eager", label="int8_weight_only, eager decode",
+    description="optimum-int8 int8_weight_only with transformers' default generation: dynamic KV cache, eager decode "
+                "steps (no compiled step)",
+    load=load_int8_eager_decode,
+))
 register_variant(int8_variant("int8-static-smoothquant", "int8_static + SmoothQuant 0.5",
                               "optimum-int8 int8_static with SmoothQuant (alpha 0.5), calibrated like openvino-int8",
                               scheme="int8_static", smoothquant_alpha=0.5))
