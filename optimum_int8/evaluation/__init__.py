@@ -18,7 +18,7 @@ replaces the built-in metric; it gets predictions and references in the format `
 for that task expects.
 """
 
-from .data import DATA_FILE_BUILDERS, DataError, load_eval_dataset, resolve_columns
+from .data import DATA_FILE_BUILDERS, load_eval_dataset, resolve_columns
 from .distributed import DistributedError
 from .metrics import (
     LOWER_IS_BETTER,
@@ -32,6 +32,7 @@ from .metrics import (
     rouge,
     squad_scores,
 )
+from .task_evaluation import DataError
 
 # These come from the task registry, which imports the per-task modules of this package: load them on
 # first use so that either import order works.

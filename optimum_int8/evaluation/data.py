@@ -4,11 +4,9 @@ and the checks of their values (each error names the file, the row and the colum
 import logging
 from pathlib import Path
 
+from .task_evaluation import DataError
+
 DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
-
-
-class DataError(ValueError):
-    """A value of the evaluation data that its task cannot use (a missing label, a label the model does not have)."""
 
 
 def _is_text(value) -> bool:

@@ -8,8 +8,9 @@ from tqdm.auto import tqdm
 
 from ..tasks import EVALUATED_TASKS, canonical_task, evaluation_for
 from . import distributed
-from .data import DataError, batches, check_values, load_eval_dataset, resolve_columns, source_name
+from .data import batches, check_values, load_eval_dataset, resolve_columns, source_name
 from .metrics import higher_is_better
+from .task_evaluation import DataError
 
 
 def normalize_task(task: str) -> str:

@@ -19,6 +19,9 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
 
 
+class DataError(ValueError):
+    """A value of the evaluation data that its task cannot use (a missing label, a label the model does not have)."""
+
 class TaskEvaluation:
     """Base class; subclasses set the class attributes and implement ``encode``, ``predict`` and ``reduce``.
 
@@ -56,7 +59,7 @@ class TaskEvaluation:
         raise NotImplementedError
 
     def references(self, evaluator, model, rows: list[dict]) -> list:
-        """The reference of each row, in the form ``reduce`` takes; a ``data.DataError`` naming the column
+        """The reference of each row, in the form ``reduce`` takes; a ``DataError`` naming the column
         for a value the model cannot be scored on (the evaluator adds the file and the row)."""
         return []
 

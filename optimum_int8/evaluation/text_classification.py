@@ -1,8 +1,7 @@
 """Text classification (and sentence pairs): accuracy and F1 of the argmax label."""
 
-from .data import DataError
 from .metrics import accuracy, f1
-from .task_evaluation import TaskEvaluation, model_device
+from .task_evaluation import DataError, TaskEvaluation, model_device
 
 
 class TextClassification(TaskEvaluation):

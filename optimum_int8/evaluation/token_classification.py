@@ -1,8 +1,7 @@
 """Token classification (NER, POS): entity F1/precision/recall and token accuracy, each word from its first sub-token."""
 
-from .data import DataError
 from .metrics import entity_scores
-from .task_evaluation import TaskEvaluation, model_device
+from .task_evaluation import DataError, TaskEvaluation, model_device
 
 
 class TokenClassification(TaskEvaluation):
