@@ -56,3 +56,10 @@ def test_per_row_codes_scales_and_zero_points_and_the_single_row_shortcut_agree(
         assert aq.single_row_qparams(row[None]) == (float(scale), int(zero_point))
     with pytest.raises(ValueError, match="NaN or Inf"):
         aq.single_row_qparams(torch.tensor([[1.0, float("nan")]]))
+
+
+def test_per_row_codes_of_a_bf16_input_are_those_of_its_exact_fp32_upcast():
+    x = _activation(torch.bfloat16, shape=(3, 50, 96))
+    for got, expected in zip(aq.quantize_per_row(x), aq.quantize_per_row(x.float())):
+        assert torch.equal(got, expected)
+    assert aq.quantize_per_row(x)[0].shape == (150, 96)
