@@ -8,16 +8,19 @@ quantizer says the model compiles, but only on accelerators unless a ``CompileCo
 when a causal LM whose int8 layers all trace without graph breaks (``Scheme.compiles``) is loaded or quantized:
 
 - ``generation_config.cache_implementation = "static"`` unless another is set: the KV cache is allocated once per
-  ``generate`` call and written in place (saved with the model, so a reloaded one decodes the same way);
+  ``generate`` call and written in place;
 - ``generation_config.compile_config``: inductor, ``dynamic=None`` (a second prompt length compiles one dynamic
   graph instead of one graph per length). Where inductor fails (no C++ compiler, an unsupported torch), the graph
   runs eagerly and one ``DecodeCompileWarning`` says why.
 
-Prefill stays eager (transformers compiles decode steps only). The first ``generate`` call of a process pays the
+Both are runtime settings, never saved (``save_pretrained`` writes the generation config without them): a static
+cache without the compiled step decodes slower than transformers' default cache. Prefill stays eager
+(transformers compiles decode steps only). The first ``generate`` call of a process pays the
 compile; ``generate(..., disable_compile=True)``, ``OPTIMUM_INT8_COMPILE=0`` (read when the model is configured)
 or a cache or compile config of the user's own keep the eager path.
 """
 
+import contextlib
 import warnings
 
 import torch
@@ -79,18 +82,37 @@ def is_causal_lm(model) -> bool:
     return model.can_generate() and not getattr(model.config, "is_encoder_decoder", False)
 
 
+_CONFIGURED = "_optimum_int8_fast_decode"
+
+
 def configure_fast_decode(model) -> bool:
     """Give ``model`` (a causal LM whose int8 layers compile) a static cache and a compiled decode step, unless its
-    generation config names another cache or a compile config of its own. Returns whether it was configured.
-
-    The static cache is saved with the model (``generation_config.json``); the compile config never is."""
+    generation config names a cache or a compile config of its own. Returns whether it was configured."""
     if compile_switched_off() or not is_causal_lm(model):
         return False
     generation_config = model.generation_config
-    if generation_config.compile_config is not None:
-        return False
-    if generation_config.cache_implementation not in (None, "static"):
+    if generation_config.compile_config is not None or generation_config.cache_implementation is not None:
         return False
     generation_config.cache_implementation = "static"
     generation_config.compile_config = decode_compile_config()
+    setattr(model, _CONFIGURED, True)
     return True
+
+
+@contextlib.contextmanager
+def saved_without_fast_decode(model):
+    """Inside this block ``model``'s generation config lacks the settings ``configure_fast_decode`` added, so that a
+    save writes the user's generation config, not this process's runtime choice."""
+    generation_config = getattr(model, "generation_config", None)
+    if not getattr(model, _CONFIGURED, False) or generation_config is None:
+        yield
+        return
+    added = {"cache_implementation": generation_config.cache_implementation,
+             "compile_config": generation_config.compile_config}
+    for name in added:
+        setattr(generation_config, name, None)
+    try:
+        yield
+    finally:
+        for name, value in added.items():
+            setattr(generation_config, name, value)

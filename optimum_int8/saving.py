@@ -41,7 +41,7 @@ except ImportError:  # not POSIX: saves still stage and swap, but loads and swap
 
 from safetensors import SafetensorError
 
-from . import modelcard
+from . import generation, modelcard
 from .checkpoint import is_weight_file
 from .configuration import QUANT_METHOD
 
@@ -361,7 +361,8 @@ def save_quantized(model, save_directory, *save_args, tokenizer=None, files: dic
     sources = [*sources, *_model_sources(model)]
     with staged_directory(target, sources=sources, overwrite=overwrite, carry_over=carry_over, new_only=new_only) as staging:
         try:
-            type(model).save_pretrained(model, staging, *save_args, **save_kwargs)
+            with generation.saved_without_fast_decode(model):
+                type(model).save_pretrained(model, staging, *save_args, **save_kwargs)
         except SafetensorError as error:
             os_error = _as_os_error(error, target)
             if os_error is None:

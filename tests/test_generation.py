@@ -2,6 +2,7 @@
 transformers' generate, with the eager path's tokens, one graph for every prompt length, an eager fallback with
 exactly one warning, and the cases it leaves eager."""
 
+import json
 import warnings
 
 import pytest
@@ -79,7 +80,11 @@ def test_new_prompt_lengths_reuse_one_dynamic_graph(fresh_state, llama_dir):
 
 
 def test_reloaded_and_quantize_model_results_compile_too(fresh_state, llama_dir, tmp_path):
-    _weight_only(llama_dir).save_pretrained(tmp_path / "int8")
+    model = _weight_only(llama_dir)
+    model.save_pretrained(tmp_path / "int8")
+    saved = json.loads((tmp_path / "int8" / "generation_config.json").read_text())
+    assert "cache_implementation" not in saved and "compile_config" not in saved  # runtime settings, not saved
+    assert model.generation_config.cache_implementation == "static"  # and still the saved model's own
     reloaded = optimum_int8.INCModelForCausalLM.from_pretrained(tmp_path / "int8")
     quantized = quantize_model(TINY_LLAMA.build(), Int8Config(scheme="int8_weight_only"))
     for model in (reloaded, quantized):
@@ -116,8 +121,10 @@ def test_the_text_generation_pipeline_runs_the_compiled_model(fresh_state, llama
 @pytest.mark.parametrize("case", ["switched off", "per-token scheme", "float fallbacks", "user's own cache", "seq2seq"])
 def test_left_eager(fresh_state, llama_dir, bart_fp32_dir, monkeypatch, case):
     if case == "switched off":
+        _weight_only(llama_dir).save_pretrained(llama_dir.parent / "int8")
         monkeypatch.setenv(COMPILE_ENV, "0")
-        model = _weight_only(llama_dir)
+        model = AutoModelForCausalLM.from_pretrained(llama_dir.parent / "int8")
+        assert model.generation_config.cache_implementation is None  # transformers' default cache, as saved
     elif case == "per-token scheme":  # its single-row activation qparams break the graph: not marked compileable
         model = AutoModelForCausalLM.from_pretrained(llama_dir, quantization_config=Int8Config(scheme="int8_per_token"))
         assert not model.hf_quantizer.is_compileable
