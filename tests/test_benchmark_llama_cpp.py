@@ -99,9 +99,9 @@ def test_a_model_that_is_not_a_llama_is_refused_naming_its_config(tmp_path):
 def llama_cpp_models(tiny_llama, tmp_path_factory):
     """{name: model} for ``tiny_llama``: the fp32 torch model; llama.cpp F32 and Q8_0 as the variants load them;
     and F32 with attention in float32 (no flash attention, an f32 KV cache)."""
+    _requires_llama_cpp()
     import llama_cpp
 
-    _requires_llama_cpp()
     fp32_dir, model, _ = tiny_llama
     base = tmp_path_factory.mktemp("llama-cpp-builds")
     for name, build in (("f32", build_llama_cpp_f32), ("q8_0", build_llama_cpp_q8_0)):
