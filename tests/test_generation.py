@@ -142,3 +142,17 @@ def test_left_eager(fresh_state, llama_dir, bart_fp32_dir, monkeypatch, case):
         model = optimum_int8.INCModelForSeq2SeqLM.from_pretrained(
             bart_fp32_dir, quantization_config=Int8Config(scheme="int8_weight_only"))
     assert model.generation_config.compile_config is None
+
+
+def test_a_left_padded_batch_and_beam_search_run_through_the_compiled_path(fresh_state, llama_dir):
+    model = _weight_only(llama_dir)
+    prompts = torch.randint(4, VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(prompts)
+    prompts[0, :4], mask[0, :4] = 0, 0
+    options = dict(attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                   pad_token_id=0)
+    with torch.inference_mode():
+        compiled = model.generate(prompts, **options)
+        eager = model.generate(prompts, **options, disable_compile=True, cache_implementation="dynamic")
+        beams = model.generate(prompts, **options, num_beams=2)
+    assert torch.equal(compiled, eager) and beams.shape == (2, 12 + NEW_TOKENS) and _graphs() >= 1
