@@ -14,9 +14,12 @@ QUANT_METHOD = "optimum_int8"
 # 2 added the runtime choices (kernel, compute_dtype, reduce_range); the tensors are those of version 1.
 # 3 added the per-token, static and weight-only schemes: per-module schemes and the calibration record in the
 # manifest, and the static and smoothing tensors (input_scale, input_zero_point, smooth_scale).
-FORMAT_VERSION = 3
-READABLE_FORMAT_VERSIONS = (1, 2, 3)
+# 4 added calibrated output qparams (output_scale, output_zero_point) of int8_static modules, listed in the manifest's
+# output_qparams_modules: legacy INC static checkpoints converted without changing their outputs.
+FORMAT_VERSION = 4
+READABLE_FORMAT_VERSIONS = (1, 2, 3, 4)
 SCHEME_INT8_DYNAMIC = "int8_dynamic"
+SCHEME_INT8_STATIC = "int8_static"
 SCHEME_IBERT = "ibert"
 # Per-token activations: on all-MiniLM-L6-v2, mean/min cosine 0.998/0.993 to fp32 where per-tensor gives
 # 0.990/0.961; on SmolLM2 +2.7% perplexity where per-tensor gives +53% (examples/schemes_minilm.py,
@@ -204,10 +207,13 @@ class FallbackManifest:
     # int8 modules whose scheme is not the config's (a tuner's repair): {module name: scheme name}
     module_schemes: dict[str, str] = dataclasses.field(default_factory=dict)
     calibration: CalibrationRecord | None = None
+    # int8_static modules that also store calibrated output qparams and requantize their output with them
+    # (legacy INC static checkpoints)
+    output_qparams_modules: list[str] = dataclasses.field(default_factory=list)
 
     _KINDS = {"int8_modules": "names", "fallback_modules": "string map", "created_with": "string map",
               "activation_scales": "scale map", "kernel": "string", "compute_dtype": "string",
-              "module_schemes": "string map"}
+              "module_schemes": "string map", "output_qparams_modules": "names"}
     _OPTIONAL = {"kernel", "compute_dtype"}
 
     def __post_init__(self, where: str = "manifest"):
@@ -222,6 +228,9 @@ class FallbackManifest:
                                   f"one of {[n for n, s in SCHEMES.items() if s.module_class is not None]}")
             if name not in self.int8_modules:
                 raise ConfigError(f"{where}.module_schemes names {_short(name)}, which is not in {where}.int8_modules")
+        for name in self.output_qparams_modules:
+            if name not in self.int8_modules:
+                raise ConfigError(f"{where}.output_qparams_modules names {_short(name)}, which is not in {where}.int8_modules")
         for name, points in self.activation_scales.items():
             if not all(_is_number(v) and 0 < v < float("inf") for v in points.values()):
                 raise ConfigError(f"{where}.activation_scales[{_short(name)}] must map points to positive finite scales, got {_short(points)}")
@@ -253,7 +262,8 @@ class FallbackManifest:
         data = dataclasses.asdict(self)
         data["tuning"] = self.tuning.to_dict() if self.tuning is not None else None
         data["calibration"] = self.calibration.to_dict() if self.calibration is not None else None
-        for optional in ("activation_scales", "kernel", "compute_dtype", "module_schemes", "calibration"):
+        for optional in ("activation_scales", "kernel", "compute_dtype", "module_schemes", "calibration",
+                         "output_qparams_modules"):
             if not data[optional]:
                 del data[optional]
         return data
@@ -356,6 +366,12 @@ class Int8Config(QuantizationConfigMixin):
         self.modules_in_fp32 = list(modules_in_fp32 or [])
         self.modules_in_bf16 = list(modules_in_bf16 or [])
         self.manifest = FallbackManifest.from_dict(manifest, "quantization_config.manifest") if isinstance(manifest, dict) else manifest
+        for name in self.manifest.output_qparams_modules if self.manifest is not None else ():
+            if self.manifest.scheme_of(name, scheme) != SCHEME_INT8_STATIC:
+                raise ConfigError(
+                    f"quantization_config.manifest.output_qparams_modules names {_short(name)}, whose scheme is "
+                    f"{self.manifest.scheme_of(name, scheme)!r}; only {SCHEME_INT8_STATIC} modules have output qparams."
+                )
 
     @classmethod
     def from_dict(cls, config_dict: dict, return_unused_kwargs: bool = False, **kwargs) -> "Int8Config":

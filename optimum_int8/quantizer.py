@@ -208,6 +208,7 @@ class Int8HfQuantizer(HfQuantizer):
         linear_modules.check_module_names(int8_modules.values(), linears, f"{MANIFEST_SOURCE}.int8_modules")
         linear_modules.check_module_names(fallback_modules, linears, f"{MANIFEST_SOURCE}.fallback_modules")
         smoothed = manifest.calibration is not None and manifest.calibration.smoothquant_alpha is not None
+        requantized = set(manifest.output_qparams_modules)
         skeletons = {}
         with torch.device("meta"):
             for checkpoint_name in manifest.int8_modules:
@@ -216,7 +217,8 @@ class Int8HfQuantizer(HfQuantizer):
                     scheme = get_scheme(manifest.scheme_of(checkpoint_name, self.quantization_config.scheme))
                     out_features, in_features = out_in(linears[name])
                     skeletons[checkpoint_name] = (name, scheme.skeleton(
-                        in_features, out_features, linears[name].bias is not None, smoothed and scheme.smoothing
+                        in_features, out_features, linears[name].bias is not None, smoothed and scheme.smoothing,
+                        requantized=checkpoint_name in requantized,
                     ))
             for checkpoint_name, dtype in manifest.fallback_modules.items():
                 if checkpoint_name in to_model_name and dtype in _CLASS_BY_FALLBACK_DTYPE:
@@ -253,6 +255,7 @@ class Int8HfQuantizer(HfQuantizer):
         self.quantization_config.manifest = dataclasses.replace(
             manifest, int8_modules=list(int8_modules.values()), fallback_modules=fallback_modules,
             module_schemes={to_model_name[n]: s for n, s in manifest.module_schemes.items() if n in to_model_name},
+            output_qparams_modules=[to_model_name[n] for n in manifest.output_qparams_modules if n in to_model_name],
         )
 
     def file_page_releaser(self) -> FilePageReleaser:

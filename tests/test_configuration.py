@@ -48,7 +48,7 @@ def test_manifest_records_library_versions():
         (lambda d: d["manifest"].update(extra=1), r"quantization_config.manifest has unknown key\(s\) \['extra'\]"),
         (lambda d: d["manifest"]["tuning"].pop("metric"), r"quantization_config.manifest.tuning is missing .*'metric'"),
         (lambda d: d["manifest"]["tuning"].update(tolerance_mode="percent"), "tolerance_mode must be one of"),
-        (lambda d: d.update(format_version=4), r"format_version is 4; this optimum-int8 reads versions \[1, 2, 3\]"),
+        (lambda d: d.update(format_version=5), r"format_version is 5; this optimum-int8 reads versions \[1, 2, 3, 4\]"),
         (lambda d: d.update(format_version=True), "format_version is True"),
         (lambda d: d.update(kernel="cuda"), r"kernel is 'cuda'; choose one of \['auto', 'fbgemm', 'onednn'\]"),
         (lambda d: d.update(compute_dtype="float16"), "compute_dtype is 'float16'"),

@@ -91,15 +91,29 @@ class Int8PerTokenLinear(_SmoothedInput, Int8DynamicLinear):
 class Int8StaticActivationLinear(_SmoothedInput, Int8DynamicLinear):
     """W8A8 with one calibrated (static) uint8 scale and zero point for the input: no per-call range pass.
     State dict: ``Int8DynamicLinear``'s, plus ``input_scale`` (float32, [1]), ``input_zero_point`` (int32, [1],
-    in [0, 255]) and ``smooth_scale`` (float32, [in]) when smoothed."""
+    in [0, 255]), ``smooth_scale`` (float32, [in]) when smoothed, and ``output_scale`` (float32, [1]) and
+    ``output_zero_point`` (int32, [1], in [0, 255]) when requantized.
+
+    ``requantized``: the int8 GEMM's output is requantized to uint8 with calibrated output qparams and dequantized,
+    as post-training-static FX graphs of legacy INC checkpoints ran every int8 Linear whose neighbours stayed in
+    float. Only fbgemm's requantizing GEMM computes that rounding, so such a layer always runs on fbgemm."""
 
     activations = kernels.dispatch.STATIC
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, smoothed: bool = False):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, smoothed: bool = False,
+                 requantized: bool = False):
         super().__init__(in_features, out_features, bias, device)
         self._init_smoothing(in_features, smoothed, device)
         self.register_buffer("input_scale", torch.empty(1, dtype=torch.float32, device=device))
         self.register_buffer("input_zero_point", torch.empty(1, dtype=torch.int32, device=device))
+        self.register_buffer("output_scale", torch.empty(1, dtype=torch.float32, device=device) if requantized else None)
+        self.register_buffer("output_zero_point", torch.empty(1, dtype=torch.int32, device=device) if requantized else None)
+        if requantized:
+            self.activations = kernels.dispatch.STATIC_REQUANTIZED
+
+    @property
+    def requantized(self) -> bool:
+        return self.output_scale is not None
 
     @classmethod
     def from_weight(cls, weight, bias, input_qparams: tuple[float, int] | None = None,
@@ -113,15 +127,21 @@ class Int8StaticActivationLinear(_SmoothedInput, Int8DynamicLinear):
         return module
 
     def extra_layout(self) -> dict:
-        return {"input_scale": (torch.float32, (1,)), "input_zero_point": (torch.int32, (1,))} | self._smoothing_layout()
+        layout = {"input_scale": (torch.float32, (1,)), "input_zero_point": (torch.int32, (1,))}
+        if self.requantized:
+            layout |= {"output_scale": (torch.float32, (1,)), "output_zero_point": (torch.int32, (1,))}
+        return layout | self._smoothing_layout()
 
     def pack(self) -> None:
         super().pack()
-        self._input_qparams = (float(self.input_scale), int(self.input_zero_point))
+        self._qparams = (float(self.input_scale), int(self.input_zero_point))
+        if self.requantized:
+            self._qparams += (float(self.output_scale), int(self.output_zero_point))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_packed()
-        return self._packed.linear(self.smooth(x), self.compute_dtype or x.dtype, self._input_qparams)
+        return self._packed.linear(self.smooth(x), self.compute_dtype or x.dtype, self._qparams)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", smoothed" if self.smooth_scale is not None else "")
+        return (super().extra_repr() + (", smoothed" if self.smooth_scale is not None else "")
+                + (", output requantized" if self.requantized else ""))

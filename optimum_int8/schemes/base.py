@@ -54,8 +54,11 @@ class Scheme:
         module_name, _, class_name = self.quantizer.partition(":")
         return getattr(importlib.import_module(module_name), class_name)
 
-    def skeleton(self, in_features: int, out_features: int, bias: bool, smoothed: bool) -> nn.Module:
-        """An empty module to load a checkpoint's tensors into (call under ``torch.device("meta")``)."""
-        if smoothed:
-            return self.module_class(in_features, out_features, bias=bias, smoothed=True)
-        return self.module_class(in_features, out_features, bias=bias)
+    def skeleton(self, in_features: int, out_features: int, bias: bool, smoothed: bool,
+                 requantized: bool = False) -> nn.Module:
+        """An empty module to load a checkpoint's tensors into (call under ``torch.device("meta")``);
+        ``requantized``: with calibrated output qparams (``int8_static`` modules of legacy INC checkpoints)."""
+        options = {"smoothed": True} if smoothed else {}
+        if requantized:
+            options["requantized"] = True
+        return self.module_class(in_features, out_features, bias=bias, **options)

@@ -18,13 +18,17 @@ AUTO = "auto"
 
 # Every int8 backend: a module with ``name``, ``unavailable_reason(capabilities)``, ``pack``, ``unpack``,
 # ``linear(x, packed, reduce_range, out_dtype)`` (dynamic per-tensor activations) and, for the activation
-# granularities it supports, ``linear_per_token(x, packed, out_dtype)`` and
-# ``linear_static(x, packed, scale, zero_point, out_dtype)``.
+# granularities it supports, ``linear_per_token(x, packed, out_dtype)``,
+# ``linear_static(x, packed, scale, zero_point, out_dtype)`` and
+# ``linear_static_requantized(x, packed, scale, zero_point, output_scale, output_zero_point, out_dtype)``.
 BACKENDS = {backend.name: backend for backend in (fbgemm, onednn)}
 KERNEL_CHOICES = (AUTO, *BACKENDS)
-# How a layer quantizes its input: one dynamic scale per call, one per row (token), or a calibrated one.
+# How a layer quantizes its input: one dynamic scale per call, one per row (token), or a calibrated one; or a
+# calibrated one with its output requantized by calibrated output qparams too (legacy INC static checkpoints).
 PER_TENSOR, PER_TOKEN, STATIC = "per_tensor", "per_token", "static"
-_ACTIVATION_FUNCTIONS = {PER_TENSOR: "linear", PER_TOKEN: "linear_per_token", STATIC: "linear_static"}
+STATIC_REQUANTIZED = "static_requantized"
+_ACTIVATION_FUNCTIONS = {PER_TENSOR: "linear", PER_TOKEN: "linear_per_token", STATIC: "linear_static",
+                         STATIC_REQUANTIZED: "linear_static_requantized"}
 ACTIVATIONS = tuple(_ACTIVATION_FUNCTIONS)
 
 
@@ -65,6 +69,8 @@ DISPATCH_RULES = (
     DispatchRule("avx2", "fbgemm", activations=PER_TOKEN),
     DispatchRule("avx512_vnni", "onednn", short_backend="fbgemm", short_below=32, activations=STATIC),
     DispatchRule("avx2", "fbgemm", activations=STATIC),
+    # fbgemm's requantizing GEMM only: the output rounding is the kernel's own, so no other backend reproduces it.
+    DispatchRule("avx2", "fbgemm", activations=STATIC_REQUANTIZED),
 )
 
 

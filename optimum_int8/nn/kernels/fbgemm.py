@@ -68,6 +68,19 @@ def linear_static(x: torch.Tensor, packed, scale: float, zero_point: int, out_dt
     return y if out_dtype == torch.float32 else y.to(out_dtype)
 
 
+def linear_static_requantized(x: torch.Tensor, packed, scale: float, zero_point: int, output_scale: float,
+                              output_zero_point: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """``x @ W.T + b`` as a post-training-static FX graph ran it (legacy INC checkpoints): the activation quantized
+    to uint8 with its calibrated scale and zero point, the int8 GEMM's result requantized to uint8 with the calibrated
+    output scale and zero point inside the kernel (``quantized::linear``), then dequantized."""
+    x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qx = torch.quantize_per_tensor(x32, scale, zero_point, torch.quint8)
+        y = torch.ops.quantized.linear(qx, packed, output_scale, output_zero_point).dequantize()
+    return y if out_dtype == torch.float32 else y.to(out_dtype)
+
+
 def linear_per_token(x: torch.Tensor, packed, out_dtype: torch.dtype) -> torch.Tensor:
     """``x @ W.T + b`` with one activation scale and zero point per row, each row through fbgemm's fused static GEMM.
 

@@ -34,7 +34,8 @@ class PackedInt8Weight:
 
     def linear(self, x: torch.Tensor, out_dtype: torch.dtype, static_qparams: tuple[float, int] | None = None) -> torch.Tensor:
         """``x @ W.T + b`` in ``out_dtype``, on the backend the plan picks for this many rows, quantizing ``x`` with
-        the plan's activation granularity (``static_qparams``: the calibrated scale and zero point)."""
+        the plan's activation granularity (``static_qparams``: the calibrated scale and zero point, followed by the
+        output's when the plan requantizes the output)."""
         rows = x.numel() // self.in_features if self.in_features else 0
         if rows == 0:
             return x.new_empty((*x.shape[:-1], self.out_features), dtype=out_dtype)
