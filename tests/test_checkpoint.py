@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -7,10 +8,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSeq2SeqLM
 
-from conftest import run
-from optimum_int8 import INCModelForSeq2SeqLM, Int8Config, quantize_model
+from conftest import LEGACY_FIXTURES, run
+from optimum_int8 import (
+    INCModelForSeq2SeqLM,
+    INCModelForSequenceClassification,
+    Int8Config,
+    convert_legacy_checkpoint,
+    quantize_model,
+)
 from optimum_int8.checkpoint import CheckpointError
-from optimum_int8.configuration import DEFAULT_SCHEME
+from optimum_int8.configuration import DEFAULT_SCHEME, ConfigError
 
 
 @pytest.fixture
@@ -247,3 +254,59 @@ def test_a_shard_index_entry_outside_the_checkpoint_is_refused(tmp_path, int8_di
     index_file.write_text(json.dumps(index))
     with pytest.raises(ValueError, match=r"is mapped to .*which is not a file name in the checkpoint directory"):
         INCModelForSeq2SeqLM.from_pretrained(tmp_path / "sharded")
+
+
+@pytest.fixture(scope="module")
+def _converted_static(tmp_path_factory) -> Path:
+    """The real legacy INC static fixture in our format: int8_static modules with calibrated output qparams."""
+    return convert_legacy_checkpoint(LEGACY_FIXTURES / "bert_seqcls_static", tmp_path_factory.mktemp("static") / "int8",
+                                     task="text-classification")
+
+
+@pytest.fixture
+def static_dir(_converted_static, tmp_path) -> Path:
+    return Path(shutil.copytree(_converted_static, tmp_path / "static"))
+
+
+STATIC_MODULE = "bert.encoder.layer.0.intermediate.dense"
+
+
+@pytest.mark.parametrize("suffix", ["output_scale", "output_zero_point"])
+def test_output_qparams_in_a_manifest_without_them_are_named(int8_dir, suffix):
+    key = f"model.encoder.layers.0.fc1.{suffix}"
+    _edit_tensors(int8_dir, lambda t: t.update({key: torch.ones(1, dtype=torch.float32 if suffix == "output_scale" else torch.int32)}))
+    with pytest.raises(CheckpointError, match=rf"tensor '{key}' has no place in the model: .* not '{suffix}'"):
+        INCModelForSeq2SeqLM.from_pretrained(int8_dir)
+
+
+def test_output_qparams_of_a_static_module_the_manifest_does_not_list_are_named(static_dir):
+    _edit_config(static_dir, lambda q: q["manifest"]["output_qparams_modules"].remove(STATIC_MODULE))
+    with pytest.raises(CheckpointError, match=rf"tensor '{STATIC_MODULE}.output_(scale|zero_point)' has no place in the model"):
+        INCModelForSequenceClassification.from_pretrained(static_dir)
+
+
+def test_output_qparams_listed_but_missing_from_the_files_are_named(static_dir):
+    _edit_tensors(static_dir, lambda t: t.pop(f"{STATIC_MODULE}.output_scale"))
+    with pytest.raises(CheckpointError, match=rf"no checkpoint file has tensor '{STATIC_MODULE}.output_scale'"):
+        INCModelForSequenceClassification.from_pretrained(static_dir)
+
+
+def test_output_qparams_of_a_module_in_another_scheme_are_refused_by_the_config(static_dir):
+    _edit_config(static_dir, lambda q: q["manifest"].setdefault("module_schemes", {}).update({STATIC_MODULE: "int8_dynamic"}))
+    with pytest.raises(ConfigError, match=rf"output_qparams_modules names '{STATIC_MODULE}', whose scheme is 'int8_dynamic'"):
+        INCModelForSequenceClassification.from_pretrained(static_dir)
+
+
+@pytest.mark.parametrize(("suffix", "value", "message"), [
+    ("output_scale", float("nan"), r"1 NaN or infinite value\(s\), first at \[0\]"),
+    ("output_scale", 0.0, "scale 0, outside"),
+    ("output_scale", -0.01, "scale -0.01, outside"),
+    ("output_scale", float("inf"), r"1 NaN or infinite value\(s\)"),
+    ("output_zero_point", 256, r"zero point 256..256, outside the uint8 range \[0, 255\]"),
+    ("output_zero_point", -1, r"zero point -1..-1, outside the uint8 range \[0, 255\]"),
+], ids=["nan-scale", "zero-scale", "negative-scale", "inf-scale", "zero-point-256", "negative-zero-point"])
+def test_output_qparams_the_format_forbids_are_named_by_tensor(static_dir, suffix, value, message):
+    key = f"{STATIC_MODULE}.{suffix}"
+    _edit_tensors(static_dir, lambda t: t.update({key: torch.full_like(t[key], value)}))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors: tensor '{key}' holds " + message):
+        INCModelForSequenceClassification.from_pretrained(static_dir)

@@ -23,7 +23,8 @@ from torch.ao.quantization import (
     per_channel_dynamic_qconfig,
     quantize_dynamic,
 )
-from transformers import AutoTokenizer, BartModel, BertForSequenceClassification
+from safetensors import safe_open
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BartModel, BertForSequenceClassification
 
 from optimum_int8 import (
     INCModel,
@@ -35,7 +36,8 @@ from optimum_int8 import (
     convert_legacy_checkpoint,
 )
 from optimum_int8.cli import main as cli_main
-from optimum_int8.nn import BFloat16Linear, Int8Embedding, StaticInt8Linear
+from optimum_int8.configuration import FORMAT_VERSION
+from optimum_int8.nn import BFloat16Linear, Int8Embedding, Int8StaticActivationLinear
 
 FIXTURES = {
     "bart_seq2seq_dynamic": INCModelForSeq2SeqLM,
@@ -112,8 +114,9 @@ def test_fixture_loads_as_plain_transformers_model_with_old_modules_and_manifest
     kinds = {module_name: type(module) for module_name, module in model.named_modules()}
     dynamic = [today_name(n) for n in ref["dynamic_int8_linear_modules"]]
     static = [today_name(n) for n in ref["static_int8_linear_modules"]]
-    assert all(kinds[n] is Int8DynamicLinear for n in dynamic) and all(kinds[n] is StaticInt8Linear for n in static)
-    assert sorted(n for n, k in kinds.items() if k in (Int8DynamicLinear, StaticInt8Linear)) == sorted(dynamic + static)
+    assert all(kinds[n] is Int8DynamicLinear for n in dynamic) and all(kinds[n] is Int8StaticActivationLinear for n in static)
+    assert all(model.get_submodule(n).requantized for n in static)
+    assert sorted(n for n, k in kinds.items() if k in (Int8DynamicLinear, Int8StaticActivationLinear)) == sorted(dynamic + static)
     assert all(type(model.get_submodule(today_name(n))) is Int8Embedding for n in ref["quantized_embedding_modules"])
 
     manifest = model.config.quantization_config.manifest
@@ -122,6 +125,7 @@ def test_fixture_loads_as_plain_transformers_model_with_old_modules_and_manifest
     expected |= {today_name(n): "bfloat16" for n in ref["bf16_linear_modules"]}
     assert manifest.fallback_modules == expected
     assert manifest.created_with["legacy-checkpoint"] == f"neural-compressor {ref['framework']} {ref['approach']}"
+    assert sorted(manifest.output_qparams_modules) == sorted(static)
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
@@ -185,22 +189,54 @@ def test_save_pretrained_of_a_legacy_model_writes_our_format(loaded, tmp_path):
     assert torch.equal(logits(reloaded, inputs), logits(legacy, inputs))
 
 
-def test_static_checkpoint_converts_only_when_asked_and_keeps_its_int8_weights(loaded, tmp_path):
-    source, legacy = LEGACY_FIXTURES / "bert_seqcls_static", loaded["bert_seqcls_static"]
-    with pytest.raises(LegacyCheckpointError, match="static_as_dynamic"):
-        convert_legacy_checkpoint(source, tmp_path / "refused", task="text-classification")
-    assert not (tmp_path / "refused").exists() and list(tmp_path.iterdir()) == []
-    with pytest.raises(RuntimeError, match="static_as_dynamic=True"):
-        legacy.save_pretrained(tmp_path / "saved")
+def test_static_checkpoint_converts_to_int8_static_computing_bit_for_bit_what_the_legacy_one_does(loaded, tmp_path):
+    source, legacy, ref = LEGACY_FIXTURES / "bert_seqcls_static", loaded["bert_seqcls_static"], reference("bert_seqcls_static")
+    inputs, expected = model_inputs(ref), torch.tensor(ref["int8_loaded"]["logits"])
+    out = convert_legacy_checkpoint(source, tmp_path / "converted", task="text-classification")
+    stored = json.loads((out / "config.json").read_text())["quantization_config"]
+    static = [today_name(n) for n in ref["static_int8_linear_modules"]]
+    assert stored["scheme"] == "int8_static" and stored["kernel"] == "fbgemm" and stored["format_version"] == FORMAT_VERSION
+    assert sorted(stored["manifest"]["output_qparams_modules"]) == sorted(static) == sorted(stored["manifest"]["int8_modules"])
+    name = "bert.encoder.layer.0.intermediate.dense"
+    with safe_open(out / "model.safetensors", framework="pt") as handle:
+        assert {key.rpartition(".")[2] for key in handle.keys() if key.startswith(name + ".")} == {
+            "weight_int8", "weight_scale", "bias", "input_scale", "input_zero_point", "output_scale", "output_zero_point"}
 
+    converted = INCModelForSequenceClassification.from_pretrained(out)
+    assert type(converted.get_submodule(name)) is Int8StaticActivationLinear and converted.get_submodule(name).requantized
+    assert torch.equal(logits(converted, inputs), logits(legacy, inputs))
+    assert torch.equal(logits(converted, inputs), expected)
+    plain = AutoModelForSequenceClassification.from_pretrained(out)
+    assert torch.equal(logits(plain, inputs), expected)
+
+    converted.save_pretrained(tmp_path / "resaved")
+    with safe_open(out / "model.safetensors", framework="pt") as first, \
+            safe_open(tmp_path / "resaved" / "model.safetensors", framework="pt") as second:
+        assert set(first.keys()) == set(second.keys())
+        assert all(torch.equal(first.get_tensor(key), second.get_tensor(key)) for key in first.keys())
+    resaved = INCModelForSequenceClassification.from_pretrained(tmp_path / "resaved")
+    assert torch.equal(logits(resaved, inputs), expected)
+    assert resaved.config.quantization_config.manifest.output_qparams_modules == (
+        converted.config.quantization_config.manifest.output_qparams_modules
+    )
+
+    legacy.save_pretrained(tmp_path / "legacy_saved")
+    assert torch.equal(logits(INCModelForSequenceClassification.from_pretrained(tmp_path / "legacy_saved"), inputs), expected)
+
+
+def test_static_checkpoint_converts_to_dynamic_int8_when_asked_and_keeps_its_int8_weights(loaded, tmp_path):
+    source, legacy = LEGACY_FIXTURES / "bert_seqcls_static", loaded["bert_seqcls_static"]
     out = convert_legacy_checkpoint(source, tmp_path / "dynamic", task="text-classification", static_as_dynamic=True)
     converted = INCModelForSequenceClassification.from_pretrained(out)
     name = "bert.encoder.layer.0.intermediate.dense"
-    static_weights = legacy.get_submodule(name).int8_weights()
+    static_weights = legacy.get_submodule(name).packed_state()
     dynamic = converted.get_submodule(name)
     assert type(dynamic) is Int8DynamicLinear
-    assert torch.equal(dynamic.dequantized_weight(), static_weights[0].float() * static_weights[1][:, None])
-    assert converted.config.quantization_config.manifest.created_with["legacy-static-as-dynamic"] == "14 modules"
+    assert torch.equal(dynamic.dequantized_weight(), static_weights["weight_int8"].float() * static_weights["weight_scale"][:, None])
+    config = converted.config.quantization_config
+    assert config.scheme == "int8_dynamic" and config.manifest.output_qparams_modules == []
+    assert config.manifest.module_schemes == {}
+    assert config.manifest.created_with["legacy-static-as-dynamic"] == "14 modules"
     ref = reference("bert_seqcls_static")
     expected = torch.tensor(ref["int8_loaded"]["logits"])
     assert (logits(converted, model_inputs(ref)) - expected).norm() / expected.norm() < 0.2
@@ -435,6 +471,26 @@ def test_cli_converts_and_reports_errors(tmp_path, capsys):
     assert cli_main(["convert", str(tmp_path / "cli"), str(tmp_path / "again")]) == 2
     assert "is not a legacy INC int8 checkpoint" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli"]
+
+
+def test_cli_converts_a_static_checkpoint_as_static_unless_asked_for_dynamic(tmp_path, capsys):
+    source = LEGACY_FIXTURES / "bert_seqcls_static"
+    assert cli_main(["convert", str(source), str(tmp_path / "static"), "--task", "text-classification"]) == 0
+    assert "14 int8 Linear modules (14 static, with calibrated input and output qparams)" in capsys.readouterr().out
+    assert cli_main(["convert", str(source), str(tmp_path / "dynamic"), "--task", "text-classification",
+                     "--static-as-dynamic"]) == 0
+    assert "14 int8 Linear modules; kept in float" in capsys.readouterr().out
+    stored = json.loads((tmp_path / "dynamic" / "config.json").read_text())["quantization_config"]
+    assert stored["scheme"] == "int8_dynamic" and "output_qparams_modules" not in stored["manifest"]
+
+
+def test_a_static_scale_float32_cannot_hold_is_refused(tmp_path):
+    folder = copy_fixture("bert_seqcls_static", tmp_path / "legacy")
+    key = "bert.encoder.layer.0.attention.self.query.module.scale"
+    rewrite_checkpoint(folder, lambda state_dict, _: state_dict.update({key: torch.tensor(0.1, dtype=torch.float64)}))
+    with pytest.raises(LegacyCheckpointError, match="'bert.encoder.layer.0.attention.self.query' has output scale 0.1, "
+                                                    "which float32 cannot hold"):
+        INCModelForSequenceClassification.from_pretrained(folder)
 
 
 def test_failed_conversion_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -3,8 +3,8 @@
 The int8 Linear weights, bf16 and fp32 fallbacks are handed to transformers' own ``from_pretrained``
 in optimum-int8's format, with a manifest, so loading, tying, generation config and ``save_pretrained``
 behave exactly as for our checkpoints. uint8 embeddings load first as the exact fp32 rows the kernel
-looks up (so transformers ties only what is really equal), then become ``Int8Embedding`` modules;
-static int8 Linear modules are swapped in last.
+looks up (so transformers ties only what is really equal), then become ``Int8Embedding`` modules.
+Static int8 Linear modules load as ``int8_static`` modules with their calibrated input and output qparams.
 """
 
 import contextlib
@@ -18,8 +18,8 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.models.auto.auto_factory import _get_model_class
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from ..configuration import FallbackManifest, Int8Config, library_versions
-from ..nn import Int8Embedding, StaticInt8Linear
+from ..configuration import SCHEME_INT8_DYNAMIC, SCHEME_INT8_STATIC, FallbackManifest, Int8Config, library_versions
+from ..nn import Int8Embedding
 from .layout import LegacyLayout, plan_layout
 from .reader import DOWNLOAD_KWARGS, LegacyCheckpoint, LegacyCheckpointError, download_kwargs
 
@@ -84,6 +84,8 @@ def _manifest(checkpoint: LegacyCheckpoint, layout: LegacyLayout) -> FallbackMan
         int8_modules=layout.int8_modules,
         fallback_modules=dict(layout.fallback_modules),
         created_with={**library_versions(), **{key: str(value) for key, value in origin.items() if value}},
+        module_schemes=dict.fromkeys(layout.dynamic_linears, SCHEME_INT8_DYNAMIC) if layout.static_linears else {},
+        output_qparams_modules=list(layout.static_linears),
     )
 
 
@@ -131,17 +133,6 @@ def _swap_embeddings(model: PreTrainedModel, embeddings: dict[str, Int8Embedding
             model.set_submodule(model_name, shared.setdefault(key, embeddings[name]))
 
 
-def _swap_static_linears(model: PreTrainedModel, layout: LegacyLayout) -> None:
-    for name, (weights, qparams) in layout.static_linears.items():
-        model_name = _to_model_name(model, name)
-        if model_name is None:
-            continue
-        model.set_submodule(model_name, StaticInt8Linear.from_int8(
-            weights.weight_int8, weights.weight_scale, weights.bias, qparams.input_scale,
-            qparams.input_zero_point, qparams.output_scale, qparams.output_zero_point,
-        ))
-
-
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Tensors that shared storage in the pickle (the old tie, e.g. T5's encoder and decoder embed_tokens) as copies.
 
@@ -165,6 +156,16 @@ def _state_dict(layout: LegacyLayout, embeddings: dict[str, Int8Embedding]) -> d
         state_dict[f"{name}.weight_scale"] = weights.weight_scale
         if weights.bias is not None:
             state_dict[f"{name}.bias"] = weights.bias
+    for name, (_, qparams) in layout.static_linears.items():
+        for what in ("input", "output"):
+            scale = getattr(qparams, f"{what}_scale")
+            state_dict[f"{name}.{what}_scale"] = torch.tensor([scale], dtype=torch.float32)
+            state_dict[f"{name}.{what}_zero_point"] = torch.tensor([getattr(qparams, f"{what}_zero_point")], dtype=torch.int32)
+            if float(state_dict[f"{name}.{what}_scale"]) != scale:
+                raise LegacyCheckpointError(
+                    f"static int8 Linear {name!r} has {what} scale {scale!r}, which float32 cannot hold; torch.ao "
+                    "stored float32 scales, so this checkpoint was not written by the old stack as is."
+                )
     for name, module in embeddings.items():
         state_dict[f"{name}.weight"] = module.dequantized_weight()
     return state_dict
@@ -215,13 +216,15 @@ def build_legacy_model(checkpoint: LegacyCheckpoint, loader_class: type, *model_
     layout = plan_layout(checkpoint, skeleton)
     embeddings, replaceable = _embedding_modules(layout, skeleton)
     del skeleton
-    # The old stack ran torch.ao's fbgemm dynamic Linear with 7-bit activations, in fp32: so do we, to
-    # reproduce its outputs (also after conversion to our format, which keeps these settings).
+    # The old stack ran torch.ao's fbgemm dynamic Linear with 7-bit activations, and FX graphs' static Linear with
+    # calibrated input and output qparams (fbgemm's requantizing GEMM), in fp32: so do we, to reproduce its outputs
+    # (also after conversion to our format, which keeps these settings).
     config.quantization_config = Int8Config(
         modules_in_fp32=[name for name, dtype in layout.fallback_modules.items() if dtype == "float32"],
         modules_in_bf16=[name for name, dtype in layout.fallback_modules.items() if dtype == "bfloat16"],
         manifest=_manifest(checkpoint, layout),
-        scheme="int8_dynamic", kernel="fbgemm", compute_dtype="float32", reduce_range=True,
+        scheme=SCHEME_INT8_STATIC if layout.static_linears else SCHEME_INT8_DYNAMIC,
+        kernel="fbgemm", compute_dtype="float32", reduce_range=True,
     ).to_dict()
     with _expected_untied_weights():
         model, loading_info = model_class.from_pretrained(
@@ -235,5 +238,4 @@ def build_legacy_model(checkpoint: LegacyCheckpoint, loader_class: type, *model_
             f"{missing[:5]}; the checkpoint does not match its config.json."
         )
     _swap_embeddings(model, embeddings, replaceable)
-    _swap_static_linears(model, layout)
     return (model, loading_info) if output_loading_info else model

@@ -20,8 +20,9 @@ def add_command(subparsers) -> None:
     parser.add_argument("--task", choices=sorted(TASK_AUTO_CLASSES),
                         help="the checkpoint's task; needed only when its config.json names no architecture")
     parser.add_argument("--static-as-dynamic", action="store_true",
-                        help="convert a static int8 checkpoint to dynamic int8: same int8 weights, activations "
-                        "quantized per call (outputs change slightly)")
+                        help="store a static int8 checkpoint's Linear modules as dynamic int8 (same int8 weights, "
+                        "activations quantized per call: outputs change slightly) instead of as int8_static modules "
+                        "with their calibrated input and output qparams (bit-exact, the default)")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) when LEGACY_DIR is a repo id")
     parser.set_defaults(run=run)
 
@@ -33,6 +34,8 @@ def run(args) -> int:
     )
     manifest = json.loads((destination / "config.json").read_text())["quantization_config"]["manifest"]
     fallbacks = ", ".join(f"{name} ({dtype})" for name, dtype in manifest["fallback_modules"].items()) or "none"
-    print(f"Converted {args.source} -> {destination}: {len(manifest['int8_modules'])} int8 Linear modules; "
+    static = len(manifest.get("output_qparams_modules", []))
+    static_note = f" ({static} static, with calibrated input and output qparams)" if static else ""
+    print(f"Converted {args.source} -> {destination}: {len(manifest['int8_modules'])} int8 Linear modules{static_note}; "
           f"kept in float: {fallbacks}")
     return 0

@@ -1,5 +1,6 @@
 """Rewrite a legacy INC int8 checkpoint in optimum-int8's safetensors format."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -9,7 +10,8 @@ from torch import nn
 from .. import saving
 from ..hub import check_revision
 from ..tasks import TASK_AUTO_CLASSES
-from ..nn import Int8DynamicLinear, StaticInt8Linear
+from ..configuration import SCHEME_INT8_DYNAMIC
+from ..nn import Int8DynamicLinear, Int8StaticActivationLinear
 from .builder import architecture_class, build_legacy_model
 from .reader import LegacyCheckpointError, download_kwargs, find_legacy_checkpoint, read_legacy_checkpoint, resolve_file
 
@@ -38,17 +40,24 @@ def _loader_class(checkpoint, task: str | None) -> type:
 
 
 def static_to_dynamic(model: nn.Module) -> list[str]:
-    """Swap every ``StaticInt8Linear`` for an ``Int8DynamicLinear`` with the same int8 weights; their names."""
-    names = [name for name, module in model.named_modules() if isinstance(module, StaticInt8Linear)]
+    """Swap every static int8 Linear for an ``Int8DynamicLinear`` with the same int8 weights, and make the model's
+    quantization config say so; their names."""
+    names = [name for name, module in model.named_modules() if isinstance(module, Int8StaticActivationLinear)]
     for name in names:
         static = model.get_submodule(name)
-        weight_int8, weight_scale, bias = static.int8_weights()
-        dynamic = Int8DynamicLinear(static.in_features, static.out_features, bias=bias is not None)
-        dynamic.weight_int8, dynamic.weight_scale = weight_int8, weight_scale
-        if bias is not None:
-            dynamic.bias = nn.Parameter(bias, requires_grad=False)
+        dynamic = Int8DynamicLinear(static.in_features, static.out_features, bias=static.bias is not None)
+        weights = static.packed_state()
+        dynamic.weight_int8, dynamic.weight_scale = weights["weight_int8"], weights["weight_scale"]
+        if static.bias is not None:
+            dynamic.bias = nn.Parameter(static.bias.detach().clone(), requires_grad=False)
         dynamic.pack()
         model.set_submodule(name, dynamic)
+    if not names:
+        return names
+    config = model.config.quantization_config
+    config.scheme = SCHEME_INT8_DYNAMIC
+    config.manifest = dataclasses.replace(config.manifest, module_schemes={}, output_qparams_modules=[], created_with={
+        **config.manifest.created_with, "legacy-static-as-dynamic": f"{len(names)} modules"})
     return names
 
 
@@ -64,7 +73,8 @@ def convert_legacy_checkpoint(source, destination, *, task: str | None = None, s
     and the tokenizer files, all through ``optimum_int8.saving`` (staged, fsync'd, renamed into place: a
     failure or a crash leaves nothing behind); it must be a new or empty directory. The converted model's
     outputs equal the legacy-loaded model's bit for bit: uint8 embeddings are stored as the exact fp32 rows the kernel looks up (the format has no int8
-    embeddings). Static int8 checkpoints need ``static_as_dynamic=True``: the same int8 weights with
+    embeddings); static int8 Linear modules are stored as ``int8_static`` modules with their calibrated input and
+    output qparams. ``static_as_dynamic=True`` stores them as dynamic int8 instead: the same int8 weights with
     activations quantized per call, which changes outputs slightly. ``task`` (a key of ``TASK_AUTO_CLASSES``)
     is needed only when config.json names no architecture. ``kwargs`` go to ``from_pretrained``
     (``revision``, ``cache_dir``, ``token``, ...).
@@ -80,15 +90,8 @@ def convert_legacy_checkpoint(source, destination, *, task: str | None = None, s
         )
     checkpoint = read_legacy_checkpoint(source, weights_file, kwargs)
     model = build_legacy_model(checkpoint, _loader_class(checkpoint, task), **kwargs)
-    if any(isinstance(module, StaticInt8Linear) for module in model.modules()):
-        if not static_as_dynamic:
-            raise LegacyCheckpointError(
-                f"{source} is a static int8 checkpoint (calibrated activation scales); optimum-int8's format stores "
-                "dynamic int8 only. Pass static_as_dynamic=True (--static-as-dynamic) to keep its int8 weights and "
-                "quantize activations per call: outputs then differ slightly from the legacy model's."
-            )
-        converted = static_to_dynamic(model)
-        model.config.quantization_config.manifest.created_with["legacy-static-as-dynamic"] = f"{len(converted)} modules"
+    if static_as_dynamic:
+        static_to_dynamic(model)
     hub_kwargs = download_kwargs(kwargs)
     files = {name: path for name in TOKENIZER_FILES if (path := resolve_file(source, name, hub_kwargs)) is not None}
     for local in _sources(source):

@@ -6,7 +6,7 @@
   fp32 scales, so the file format does not depend on the CPU;
 - ``int8_weight``: a layer's packed weight and its call-time dispatch;
 - ``weight_only``: the weight-only int8 GEMM (float activations);
-- ``bf16``: the bf16 fallbacks' GEMMs; ``torch_ao``: ops only legacy INC checkpoints need.
+- ``bf16``: the bf16 fallbacks' GEMMs; ``torch_ao``: the op only legacy INC checkpoints need.
 
 docs/kernels.md gives the measurements behind each choice.
 """
@@ -25,11 +25,11 @@ from .dispatch import (
     plan,
 )
 from .int8_weight import PackedInt8Weight
-from .torch_ao import embedding, pack_embedding, static_linear
+from .torch_ao import embedding, pack_embedding
 
 __all__ = [
     "BACKENDS", "BF16_FP32_MIN_ROWS", "KERNEL_CHOICES", "KERNEL_ENV", "CpuCapabilities", "DispatchRule",
     "KernelPlan", "KernelUnavailableError", "PackedBFloat16Weight", "PackedInt8Weight", "bf16_linear",
     "capabilities", "check_available", "embedding", "fbgemm", "onednn", "pack_bf16", "pack_embedding", "plan",
-    "static_linear", "weight_only",
+    "weight_only",
 ]
