@@ -10,7 +10,7 @@ SCHEME = Scheme(
     card_sentence=(
         "Static int8 quantization with optimum-int8 (`int8_static` scheme): each int8 Linear module stores its weight "
         "as int8 with one fp32 scale per output channel, and quantizes its input with one scale and zero point "
-        "measured on calibration data, on oneDNN's int8 kernels."
+        "measured on calibration data."
     ),
     module_class=Int8StaticActivationLinear,
     convert=lambda weight, bias, calibration: Int8StaticActivationLinear.from_weight(
