@@ -35,7 +35,7 @@ BACKEND = "optimum_int8_inductor_or_eager"
 
 
 class DecodeCompileWarning(UserWarning):
-    """torch.compile failed on this machine: decode steps run eagerly (same tokens, slower)."""
+    """torch.compile failed on this machine: decode steps run eagerly (the same model, slower)."""
 
 
 class _State:
@@ -62,7 +62,7 @@ def _fall_back(error: Exception) -> None:
     _STATE.failure = f"{type(error).__name__}: {message}"[:300]
     warnings.warn(
         f"torch.compile does not work here ({_STATE.failure}); int8 decode steps run eagerly from now on: the same "
-        f"tokens, slower. A C++ compiler (g++) and a torch release that supports this Python make them fast; set "
+        f"model, slower. A C++ compiler (g++) and a torch release that supports this Python make them fast; set "
         f"{COMPILE_ENV}=0 to skip the attempt.",
         DecodeCompileWarning,
         stacklevel=2,
