@@ -16,6 +16,8 @@ from optimum_int8.benchmark import (
     markdown_table,
     read_module_list,
     run_benchmark,
+    table_rows,
+    token_rates,
     write_json,
     write_plot,
 )
@@ -161,6 +163,17 @@ def test_scheme_variants_build_and_a_causal_lm_runs_prefill_and_decode(tmp_path)
     config = json.loads((tmp_path / "tiny-llama-seed0" / "int8-static-smoothquant" / "config.json").read_text())
     manifest = config["quantization_config"]["manifest"]
     assert config["quantization_config"]["scheme"] == "int8_static" and manifest["calibration"]["samples"] > 0
+    # Token rates from the medians: prefill tokens over prefill time, new tokens over the decode's time after it.
+    rates = token_rates(result)
+    for variant in result.variants:
+        prefill, decode = variant.median("prefill"), variant.median("decode")
+        assert rates[variant.name]["prefill"] == pytest.approx(16 / prefill)
+        assert rates[variant.name].get("decode") == (pytest.approx(3 / (decode - prefill)) if decode > prefill else None)
+    headers, rows = table_rows(result)
+    assert "prefill tok/s" in headers and "decode tok/s" in headers
+    write_json(result, tmp_path / "llm.json")
+    saved = json.loads((tmp_path / "llm.json").read_text())
+    assert saved["variants"][0]["tokens_per_second"]["prefill"] == pytest.approx(rates["fp32"]["prefill"])
 
 
 def test_the_eager_decode_variant_loads_the_weight_only_checkpoint_without_generation_defaults(tmp_path):

@@ -13,7 +13,9 @@ from . import llama_cpp_runtime, onnx_runtime, openvino_runtime  # noqa: F401  (
 from .load_memory import LoadMeasurement, measure_in_fresh_process
 from .presets import PRESETS, ModelPreset, register_preset
 from .profiling import profile_run
-from .report import markdown_table, print_report, print_table, profile_tables, write_json, write_plot
+from .report import (
+    markdown_table, print_report, print_table, profile_tables, table_rows, token_rates, write_json, write_plot,
+)
 from .results import BenchmarkResult, VariantResult
 from .runner import BenchmarkSettings, read_module_list, run_benchmark
 from .variants import VARIANTS, Variant, fallback_variants, int8_variant, register_variant
@@ -25,5 +27,6 @@ __all__ = [
     "PRESETS", "VARIANTS", "WORKLOADS", "BenchmarkResult", "BenchmarkSettings", "LoadMeasurement", "ModelPreset",
     "Variant", "VariantResult", "Workload", "fallback_variants", "int8_variant", "markdown_table",
     "measure_in_fresh_process", "print_report", "print_table", "profile_run", "profile_tables", "read_module_list",
-    "register_preset", "register_variant", "register_workload", "run_benchmark", "write_json", "write_plot",
+    "register_preset", "register_variant", "register_workload", "run_benchmark", "table_rows", "token_rates",
+    "write_json", "write_plot",
 ]

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from .results import BenchmarkResult
+from .workloads import WORKLOADS
 
 MIB = 1024 * 1024
 
@@ -14,24 +15,61 @@ def _ratio(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "–"
 
 
+def _counts_tokens(workload: str) -> bool:
+    return workload in WORKLOADS and WORKLOADS[workload].tokens is not None
+
+
+def _same_prompt(sizes: dict | None, other: dict | None) -> bool:
+    keys = ("prompt_length", "batch")
+    return sizes is not None and other is not None and all(sizes.get(k, 1) == other.get(k, 1) for k in keys)
+
+
+def token_rates(result: BenchmarkResult) -> dict[str, dict[str, float]]:
+    """{variant name: {workload: tokens per second}} from this run's medians, for the workloads that count tokens
+    (``Workload.tokens``). A decode rate leaves out the time of the prefill it starts with (``Workload.includes``),
+    when that was timed on the same prompt; otherwise it has none."""
+    sizes = result.settings.get("sizes", {})
+    rates: dict[str, dict[str, float]] = {}
+    for variant in result.variants:
+        for name in filter(_counts_tokens, result.workloads):
+            workload, seconds = WORKLOADS[name], variant.median(name)
+            if seconds is None or name not in sizes:
+                continue
+            if workload.includes is not None:
+                first = variant.median(workload.includes)
+                if first is None or not _same_prompt(sizes[name], sizes.get(workload.includes)):
+                    continue
+                seconds -= first
+            if seconds > 0:
+                rates.setdefault(variant.name, {})[name] = workload.tokens(sizes[name]) / seconds
+    return rates
+
+
 def table_rows(result: BenchmarkResult) -> tuple[list[str], list[list[str]]]:
     """Headers and rows: per workload the median seconds and the speedups vs fp32 and bf16 ("skipped" where the
-    variant cannot run the workload), then load and size."""
+    variant cannot run the workload), and tokens per second for the workloads that count tokens, then load and
+    size."""
     headers = ["variant"]
-    for title in result.workloads.values():
+    for workload, title in result.workloads.items():
         headers += [f"{title} (s)", "vs fp32", "vs bf16"]
+        if _counts_tokens(workload):
+            headers.append(f"{workload} tok/s")
     headers += ["load (s)", "load peak (MiB)", "file (MiB)", "file vs fp32"]
     fp32 = result.variant("fp32")
+    rates = token_rates(result)
     rows = []
     for variant in result.variants:
         row = [variant.label]
         for workload in result.workloads:
+            rate = rates.get(variant.name, {}).get(workload)
+            tokens = [f"{rate:.1f}" if rate is not None else "–"] if _counts_tokens(workload) else []
             if workload in variant.skipped:
-                row += ["skipped", "–", "–"]
+                row += ["skipped", "–", "–", *tokens]
                 continue
             median = variant.median(workload)
             row += [f"{median:.3f}" if median is not None else "–",
-                    _ratio(result.speedup(variant, workload, "fp32")), _ratio(result.speedup(variant, workload, "bf16"))]
+                    _ratio(result.speedup(variant, workload, "fp32")), _ratio(result.speedup(variant, workload, "bf16")),
+                    *tokens]
         row += [
             f"{variant.load_seconds:.2f}" if variant.load_seconds is not None else "–",
             f"{variant.load_peak_bytes / MIB:.0f}" if variant.load_peak_bytes is not None else "–",
@@ -100,7 +138,10 @@ def print_report(result: BenchmarkResult) -> None:
 
 
 def write_json(result: BenchmarkResult, path: Path) -> None:
-    Path(path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    data, rates = result.to_dict(), token_rates(result)
+    for variant in data["variants"]:
+        variant["tokens_per_second"] = rates.get(variant["name"], {})
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def write_plot(result: BenchmarkResult, path: Path) -> bool:

@@ -20,6 +20,10 @@ class Workload:
     applies: Callable[[PretrainedConfig], bool]
     make_inputs: Callable[[PretrainedConfig, dict, torch.Generator], dict]
     run: Callable[[object, dict, dict], object]
+    # Tokens one run processes (prefill) or generates (decode), from the sizes; None: not a token workload. A rate
+    # leaves out the time of ``includes``, a workload this one runs first (a decode's prefill), when both were timed.
+    tokens: Callable[[dict], int] | None = None
+    includes: str | None = None
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -106,12 +110,14 @@ register_workload(Workload(
     lambda s: f"prefill {s['prompt_length']}, bs {s.get('batch', 1)}",
     dict(prompt_length=256),
     _is_causal_lm, _prompt, _prefill,
+    tokens=lambda s: s.get("batch", 1) * s["prompt_length"],
 ))
 register_workload(Workload(
     "decode",
     lambda s: f"greedy {s['prompt_length']}→{s['new_tokens']}, bs {s.get('batch', 1)}",
     dict(prompt_length=256, new_tokens=64, beams=1),
     _is_causal_lm, _prompt, _generate,
+    tokens=lambda s: s.get("batch", 1) * s["new_tokens"], includes="prefill",
 ))
 register_workload(Workload(
     "encoder",
