@@ -7,7 +7,7 @@ overhead of a few thousand small ops and the KV cache growing by concatenation c
 quantizer says the model compiles, but only on accelerators unless a ``CompileConfig`` asks for every device. So
 when a causal LM whose int8 layers all trace without graph breaks (``Scheme.compiles``) is loaded or quantized:
 
-- ``generation_config.cache_implementation = "static"`` unless another is set: the KV cache is allocated once per
+- ``generation_config.cache_implementation = "static"`` unless another cache is set: the KV cache is allocated once per
   ``generate`` call and written in place;
 - ``generation_config.compile_config``: inductor, ``dynamic=None`` (a second prompt length compiles one dynamic
   graph instead of one graph per length). Where inductor fails (no C++ compiler, an unsupported torch), the graph
@@ -87,11 +87,12 @@ _CONFIGURED = "_optimum_int8_fast_decode"
 
 def configure_fast_decode(model) -> bool:
     """Give ``model`` (a causal LM whose int8 layers compile) a static cache and a compiled decode step, unless its
-    generation config names a cache or a compile config of its own. Returns whether it was configured."""
+    generation config names another cache or a compile config of its own (a static cache it names gets the
+    compiled step too). Returns whether it was configured."""
     if compile_switched_off() or not is_causal_lm(model):
         return False
     generation_config = model.generation_config
-    if generation_config.compile_config is not None or generation_config.cache_implementation is not None:
+    if generation_config.compile_config is not None or generation_config.cache_implementation not in (None, "static"):
         return False
     generation_config.cache_implementation = "static"
     generation_config.compile_config = decode_compile_config()

@@ -22,6 +22,7 @@ from optimum_int8.benchmark import (
     write_plot,
 )
 from optimum_int8.benchmark.onnx_runtime import OrtSeq2SeqLM, export_onnx
+from optimum_int8.benchmark.profiling import OTHER_OPS, category
 from optimum_int8.benchmark.variants import checkpoint_bytes, load_float32
 from optimum_int8.nn import kernels
 from optimum_int8.benchmark.workloads import random_token_ids
@@ -183,3 +184,9 @@ def test_the_eager_decode_variant_loads_the_weight_only_checkpoint_without_gener
     plain = eager.load(eager.checkpoint(tmp_path / "fp32", tmp_path))
     assert fast.generation_config.compile_config is not None and fast.generation_config.cache_implementation == "static"
     assert plain.generation_config.compile_config is None and plain.generation_config.cache_implementation is None
+
+
+def test_profile_categories_count_weight_only_gemms_and_compiled_regions():
+    assert category("aten::_weight_int8pack_mm") == "int8 GEMM"
+    assert category("## Call CompiledFxGraph abc123 ##") == category("TorchDynamo Cache Lookup") == "compiled graph and guards"
+    assert category("aten::addmm") == "float GEMM" and category("aten::nonexistent") == OTHER_OPS

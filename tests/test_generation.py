@@ -156,3 +156,10 @@ def test_a_left_padded_batch_and_beam_search_run_through_the_compiled_path(fresh
         eager = model.generate(prompts, **options, disable_compile=True, cache_implementation="dynamic")
         beams = model.generate(prompts, **options, num_beams=2)
     assert torch.equal(compiled, eager) and beams.shape == (2, 12 + NEW_TOKENS) and _graphs() >= 1
+
+
+def test_a_static_cache_the_user_named_gets_the_compiled_step_too(fresh_state):
+    model = TINY_LLAMA.build()
+    model.generation_config.cache_implementation = "static"
+    model = quantize_model(model, Int8Config(scheme="int8_weight_only"))
+    assert model.generation_config.compile_config is not None

@@ -12,7 +12,7 @@ import torch
 
 # Operator name prefixes, first match wins.
 CATEGORIES = (
-    ("int8 GEMM", ("quantized::linear", "aten::_int_mm", "quantized::", "onednn::qlinear")),
+    ("int8 GEMM", ("quantized::linear", "aten::_int_mm", "quantized::", "onednn::qlinear", "aten::_weight_int8pack_mm")),
     ("activation quantization", ("aten::aminmax", "aten::quantize_per_tensor", "aten::int_repr", "aten::item",
                                  "aten::_local_scalar_dense")),
     ("float GEMM", ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise", "aten::linear")),
@@ -22,6 +22,10 @@ CATEGORIES = (
                                     "aten::mul", "aten::tanh", "aten::relu", "aten::silu")),
     ("copies, casts, cache", ("aten::copy_", "aten::_to_copy", "aten::to", "aten::cat", "aten::index_select",
                               "aten::contiguous", "aten::clone")),
+    # A compiled region's own time: inductor's fused kernels and wrapper code (the operators it calls, such as the
+    # int8 GEMMs, count above), and dynamo checking its guards before each call.
+    ("compiled graph and guards", ("## Call CompiledFxGraph", "TorchDynamo Cache Lookup", "Torch-Compiled Region",
+                                   "Pregraph bytecode", "AOTDispatcher")),
 )
 OTHER_OPS = "other torch ops"
 OUTSIDE = "outside torch ops (Python, other runtimes)"
