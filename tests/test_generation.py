@@ -163,3 +163,27 @@ def test_a_static_cache_the_user_named_gets_the_compiled_step_too(fresh_state):
     model.generation_config.cache_implementation = "static"
     model = quantize_model(model, Int8Config(scheme="int8_weight_only"))
     assert model.generation_config.compile_config is not None
+
+
+def test_decode_steps_skip_only_the_packed_int8_weights_guards(fresh_state, llama_dir, monkeypatch):
+    decisions = []
+
+    class Recording(type(generation.PACKED_WEIGHT_GUARDS)):
+        def __call__(self, entries):
+            kept = super().__call__(entries)
+            decisions.extend(zip(entries, kept))
+            return kept
+
+    monkeypatch.setattr(generation, "PACKED_WEIGHT_GUARDS", Recording(generation.PACKED_WEIGHT_GUARDS))
+    model = _weight_only(llama_dir)
+    _assert_same_decoding(model, _prompt(10))
+    dropped = [entry for entry, kept in decisions if not kept]
+    packed_linears = sum(isinstance(module, optimum_int8.nn.Int8WeightOnlyLinear) for module in model.modules())
+    assert len(dropped) == 2 * packed_linears  # each one's int8 weight and scales, in the one decode graph
+    assert all(entry.guard_type == "TENSOR_MATCH" and "._packed." in entry.name for entry in dropped)
+    kept_tensors = [entry.name for entry, kept in decisions if kept and entry.guard_type == "TENSOR_MATCH"]
+    assert any("norm" in name and "_parameters['weight']" in name for name in kept_tensors)  # float weights stay
+    # The filter is its own description: the generation config still prints and hashes as JSON.
+    config = json.loads(model.generation_config.to_json_string())
+    assert config["compile_config"]["options"]["guard_filter_fn"] == str(generation.PACKED_WEIGHT_GUARDS)
+    assert isinstance(hash(model.generation_config), int)

@@ -247,6 +247,31 @@ def test_weight_only_gemm_multiplies_bf16_activations_by_exact_scales(in_feature
         kernels.weight_only.pack(weight_int8, scales + 1e-7)
 
 
+@pytest.mark.parametrize("out_features", [48, 50], ids=["channels-in-streams", "uneven-streams"])
+def test_weight_only_single_row_compiles_to_a_pass_over_the_weight_with_the_kernels_rounding(out_features):
+    from torch._inductor.utils import run_and_get_code
+
+    weight_int8, _, bias = _weights(out_features=out_features, in_features=64)
+    packed = kernels.weight_only.pack(weight_int8, kernels.weight_only.bf16_representable_scales(
+        torch.rand(out_features, generator=torch.Generator().manual_seed(1)) / 100 + 1e-3))
+    weight = weight_int8.double() * packed.weight_scale.double()[:, None]
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(lambda x: kernels.weight_only.linear(x, packed, bias, torch.float32), dynamic=False)
+        for rows, streamed in ((1, True), (3, False)):  # a decode step's row streams; more rows keep the kernel
+            # bf16 values, as a bf16 model's activations are (inductor does not round an fp32 input to bf16 first).
+            x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(rows)).bfloat16().float()
+            output, code = run_and_get_code(compiled, x)
+            assert ("_weight_int8pack_mm" not in "".join(code)) == streamed
+            # Every output is the fp32 sum of exact products rounded to bf16 once: within half a bf16 step.
+            exact = (x.double() @ weight.t()).float()
+            eager = kernels.weight_only.linear(x, packed, bias, torch.float32)
+            for result in (output, eager):
+                assert ((result - bias) - exact).abs().le(exact.abs() * 2**-8 + 1e-6).all()
+    finally:
+        torch._dynamo.reset()
+
+
 def test_bf16_representable_scales_round_up_so_codes_stay_in_range():
     scales = torch.tensor([1.0001, 0.3, 1e-3, 7.77])
     rounded = kernels.weight_only.bf16_representable_scales(scales)

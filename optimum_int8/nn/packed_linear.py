@@ -9,7 +9,9 @@ class PackedLinear(nn.Module):
 
     Subclasses hold their checkpoint tensors as plain parameters or buffers until ``pack()`` moves them into
     ``self._packed`` and drops them; ``packed_state()`` recovers them exactly, so the state dict is always
-    what runs. The bias stays a plain parameter in ``bias_dtype``. Outputs are in the input's dtype, or in
+    what runs. The packed tensors' dtypes, shapes and devices are fixed by the checkpoint layout (``model.to()``
+    does not reach them), which lets compiled decode steps skip checking them (``generation.PACKED_WEIGHT_GUARDS``).
+    The bias stays a plain parameter in ``bias_dtype``. Outputs are in the input's dtype, or in
     ``compute_dtype`` when ``nn.runtime`` set one (bf16 compute: int8 kernels then write bf16 directly).
     """
 
