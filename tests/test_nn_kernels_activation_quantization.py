@@ -63,3 +63,13 @@ def test_per_row_codes_of_a_bf16_input_are_those_of_its_exact_fp32_upcast():
     for got, expected in zip(aq.quantize_per_row(x), aq.quantize_per_row(x.float())):
         assert torch.equal(got, expected)
     assert aq.quantize_per_row(x)[0].shape == (150, 96)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_static_codes_with_an_input_multiplier_are_those_of_the_multiplied_input(dtype):
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 100, 4096, generator=generator) * 4).to(dtype)  # several blocks of rows
+    multiplier = (torch.rand(4096, generator=generator) * 2 + 0.1).to(dtype)
+    codes = aq.quantize_with(x, 0.05, 128, input_multiplier=multiplier)
+    assert codes.shape == x.shape and codes.dtype == torch.uint8
+    assert torch.equal(codes, aq.quantize_with(x * multiplier, 0.05, 128))

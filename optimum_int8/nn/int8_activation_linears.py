@@ -45,14 +45,19 @@ class _SmoothedInput:
         for name in self.extra_layout():
             self._buffers[name] = self._buffers[name].clone()
 
-    def smooth(self, x: torch.Tensor) -> torch.Tensor:
+    def input_multiplier(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """What smoothing multiplies an input of ``dtype`` by (the reciprocal of ``smooth_scale``), or None."""
         if self.smooth_scale is None:
-            return x
-        multiplier = self._input_multipliers.get(x.dtype)
+            return None
+        multiplier = self._input_multipliers.get(dtype)
         if multiplier is None:
-            multiplier = torch.reciprocal(self.smooth_scale).to(x.dtype)
-            self._input_multipliers[x.dtype] = multiplier
-        return x * multiplier
+            multiplier = torch.reciprocal(self.smooth_scale).to(dtype)
+            self._input_multipliers[dtype] = multiplier
+        return multiplier
+
+    def smooth(self, x: torch.Tensor) -> torch.Tensor:
+        multiplier = self.input_multiplier(x.dtype)
+        return x if multiplier is None else x * multiplier
 
 
 def smoothed_weight(weight: torch.Tensor, smooth_scale: torch.Tensor | None) -> torch.Tensor:
@@ -140,7 +145,8 @@ class Int8StaticActivationLinear(_SmoothedInput, Int8DynamicLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_packed()
-        return self._packed.linear(self.smooth(x), self.compute_dtype or x.dtype, self._qparams)
+        # The kernel smooths: oneDNN's quantization multiplies block by block, no pass over the whole input.
+        return self._packed.linear(x, self.compute_dtype or x.dtype, self._qparams, self.input_multiplier(x.dtype))
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + (", smoothed" if self.smooth_scale is not None else "")

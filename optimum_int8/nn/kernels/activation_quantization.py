@@ -36,18 +36,25 @@ def quantize(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, float, int]:
     return quantize_with(x, scale, zero_point), scale, zero_point
 
 
-def quantize_with(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """uint8 codes of ``x`` with a given per-tensor scale and zero point (static activation scales), clamped."""
+def quantize_with(x: torch.Tensor, scale: float, zero_point: int,
+                  input_multiplier: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 codes of ``x`` with a given per-tensor scale and zero point (static activation scales), clamped.
+
+    ``input_multiplier`` [in], in ``x``'s dtype: the codes are those of ``x * input_multiplier`` (SmoothQuant's
+    smoothing), multiplied block by block in cache instead of in a separate pass over the whole activation."""
     rows = x.reshape(-1, x.shape[-1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.13 deprecates quantized tensors; docs/kernels.md has the plan
-        if x.dtype == torch.float32:
+        if x.dtype == torch.float32 and input_multiplier is None:
             quantized = torch.quantize_per_tensor(rows.contiguous(), scale, zero_point, torch.quint8)
         else:
             quantized = torch._empty_affine_quantized(rows.shape, scale=scale, zero_point=zero_point, dtype=torch.quint8)
             step = max(1, _UPCAST_BLOCK_ELEMENTS // rows.shape[1])
             for start in range(0, rows.shape[0], step):
-                quantized[start:start + step].copy_(rows[start:start + step].float())
+                block = rows[start:start + step]
+                if input_multiplier is not None:
+                    block = block * input_multiplier
+                quantized[start:start + step].copy_(block.float())
     return _codes(quantized, rows.shape).view(x.shape)
 
 

@@ -61,18 +61,23 @@ def linear(x: torch.Tensor, packed, reduce_range: bool, out_dtype: torch.dtype) 
     return y if out_dtype == torch.float32 else y.to(out_dtype)
 
 
-def linear_static(x: torch.Tensor, packed, scale: float, zero_point: int, out_dtype: torch.dtype) -> torch.Tensor:
-    """``x @ W.T + b`` with the activation quantized by a calibrated per-tensor scale and zero point."""
+def linear_static(x: torch.Tensor, packed, scale: float, zero_point: int, out_dtype: torch.dtype,
+                  input_multiplier: torch.Tensor | None = None) -> torch.Tensor:
+    """``x * input_multiplier @ W.T + b`` with the activation quantized by a calibrated per-tensor scale and zero
+    point."""
+    x = x if input_multiplier is None else x * input_multiplier
     x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
     y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x32, scale, zero_point, packed)
     return y if out_dtype == torch.float32 else y.to(out_dtype)
 
 
 def linear_static_requantized(x: torch.Tensor, packed, scale: float, zero_point: int, output_scale: float,
-                              output_zero_point: int, out_dtype: torch.dtype) -> torch.Tensor:
+                              output_zero_point: int, out_dtype: torch.dtype,
+                              input_multiplier: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T + b`` as a post-training-static FX graph ran it (legacy INC checkpoints): the activation quantized
     to uint8 with its calibrated scale and zero point, the int8 GEMM's result requantized to uint8 with the calibrated
     output scale and zero point inside the kernel (``quantized::linear``), then dequantized."""
+    x = x if input_multiplier is None else x * input_multiplier
     x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -32,17 +32,18 @@ class PackedInt8Weight:
             self._forms[backend] = packed
         return packed
 
-    def linear(self, x: torch.Tensor, out_dtype: torch.dtype, static_qparams: tuple[float, int] | None = None) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, out_dtype: torch.dtype, static_qparams: tuple[float, int] | None = None,
+               input_multiplier: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ W.T + b`` in ``out_dtype``, on the backend the plan picks for this many rows, quantizing ``x`` with
         the plan's activation granularity (``static_qparams``: the calibrated scale and zero point, followed by the
-        output's when the plan requantizes the output)."""
+        output's when the plan requantizes the output; then ``x`` is first multiplied by ``input_multiplier``)."""
         rows = x.numel() // self.in_features if self.in_features else 0
         if rows == 0:
             return x.new_empty((*x.shape[:-1], self.out_features), dtype=out_dtype)
         backend = self.plan.backend_for(rows)
         function = linear_function(backend, self.plan.activations)
         if static_qparams is not None:
-            return function(x, self._form(backend), *static_qparams, out_dtype)
+            return function(x, self._form(backend), *static_qparams, out_dtype, input_multiplier)
         if self.plan.activations == PER_TOKEN:
             return function(x, self._form(backend), out_dtype)
         return function(x, self._form(backend), self.plan.reduce_range, out_dtype)

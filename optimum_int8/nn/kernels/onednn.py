@@ -95,9 +95,10 @@ def _per_token_block(codes, row_scales, zero_points, packed: OnednnWeight) -> to
 
 
 def linear_static(x: torch.Tensor, packed: OnednnWeight, scale: float, zero_point: int,
-                  out_dtype: torch.dtype) -> torch.Tensor:
-    """``x @ W.T + b`` with the activation quantized by a calibrated per-tensor scale and zero point."""
-    codes = activation_quantization.quantize_with(x, scale, zero_point)
+                  out_dtype: torch.dtype, input_multiplier: torch.Tensor | None = None) -> torch.Tensor:
+    """``x * input_multiplier @ W.T + b`` with the activation quantized by a calibrated per-tensor scale and zero
+    point; the multiplication happens inside the quantization's blocks."""
+    codes = activation_quantization.quantize_with(x, scale, zero_point, input_multiplier)
     return torch.ops.onednn.qlinear_pointwise(
         codes, scale, zero_point, packed.weight, packed.weight_scale, packed.weight_zero_point, packed.bias,
         1.0, 0, out_dtype, "none", [], "",
