@@ -73,3 +73,14 @@ def test_static_codes_with_an_input_multiplier_are_those_of_the_multiplied_input
     codes = aq.quantize_with(x, 0.05, 128, input_multiplier=multiplier)
     assert codes.shape == x.shape and codes.dtype == torch.uint8
     assert torch.equal(codes, aq.quantize_with(x * multiplier, 0.05, 128))
+
+
+def test_per_row_codes_are_the_same_in_blocks_of_rows_as_in_one_pass():
+    x = _activation(torch.bfloat16, shape=(2, 300, 4096))  # several blocks of rows
+    codes, scales, zero_points = aq.quantize_per_row(x)
+    rows = x.reshape(-1, 4096).float()
+    expected_scales, expected_zero_points = aq.row_qparams(rows)
+    shifted = torch.addcmul(expected_zero_points[:, None], rows, torch.reciprocal(expected_scales)[:, None])
+    expected_codes = torch.quantize_per_tensor(shifted, 1.0, 0, torch.quint8).int_repr()
+    assert torch.equal(scales, expected_scales) and torch.equal(zero_points, expected_zero_points)
+    assert torch.equal(codes, expected_codes)

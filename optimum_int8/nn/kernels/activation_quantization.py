@@ -68,15 +68,27 @@ def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
     Each row is mapped to ``x / scale + zero_point`` in one pass and rounded by torch's per-tensor quantizer
     with scale 1: on a 256 x 576 activation 5x faster than ``quantize_per_channel`` (and ``aminmax`` along
-    rows alone costs 10x a separate ``amin`` and ``amax``)."""
-    # One exact upcast first: the row reductions run 2.5x faster on fp32 than on bf16, and a mixed-dtype addcmul
-    # casts on the fly at 1.5x the cost (AMX CPU, 1024 x 768); the codes are the same.
-    rows = x.reshape(-1, x.shape[-1]).to(torch.float32)
-    scales, zero_points = row_qparams(rows)
+    rows alone costs 10x a separate ``amin`` and ``amax``). Rows go in blocks that stay in cache, as in
+    ``quantize_with``: a whole-activation fp32 upcast and shifted copy are fresh allocations that glibc maps page by
+    page on every call, which cost more than the arithmetic (on BART-large's encoder on an AMX CPU, the default
+    scheme went from 0.51x to 0.62x torch bf16's speed; docs/benchmarks.md). Rows are independent, so the blocks
+    change no code."""
+    rows = x.reshape(-1, x.shape[-1])
+    scales = torch.empty(rows.shape[0], dtype=torch.float32)
+    zero_points = torch.empty(rows.shape[0], dtype=torch.float32)
+    step = max(1, _UPCAST_BLOCK_ELEMENTS // max(1, rows.shape[1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        shifted = torch.addcmul(zero_points[:, None], rows, torch.reciprocal(scales)[:, None])
-        quantized = torch.quantize_per_tensor(shifted, 1.0, 0, torch.quint8)
+        quantized = torch._empty_affine_quantized(rows.shape, scale=1.0, zero_point=0, dtype=torch.quint8)
+        for start in range(0, rows.shape[0], step):
+            # One exact upcast first: the row reductions run 2.5x faster on fp32 than on bf16, and a mixed-dtype
+            # addcmul casts on the fly at 1.5x the cost (AMX CPU, 1024 x 768); the codes are the same.
+            block = rows[start:start + step].to(torch.float32)
+            block_scales, block_zero_points = row_qparams(block)
+            scales[start:start + step] = block_scales
+            zero_points[start:start + step] = block_zero_points
+            quantized[start:start + step].copy_(
+                torch.addcmul(block_zero_points[:, None], block, torch.reciprocal(block_scales)[:, None]))
     return _codes(quantized, rows.shape), scales, zero_points
 
 
