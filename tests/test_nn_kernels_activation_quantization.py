@@ -84,3 +84,11 @@ def test_per_row_codes_are_the_same_in_blocks_of_rows_as_in_one_pass():
     expected_codes = torch.quantize_per_tensor(shifted, 1.0, 0, torch.quint8).int_repr()
     assert torch.equal(scales, expected_scales) and torch.equal(zero_points, expected_zero_points)
     assert torch.equal(codes, expected_codes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_row_codes_with_an_input_multiplier_are_those_of_the_multiplied_input(dtype):
+    x = _activation(dtype, shape=(2, 300, 4096))
+    multiplier = (torch.rand(4096, generator=torch.Generator().manual_seed(1)) * 2 + 0.1).to(dtype)
+    for got, expected in zip(aq.quantize_per_row(x, multiplier), aq.quantize_per_row(x * multiplier)):
+        assert torch.equal(got, expected)

@@ -4,8 +4,9 @@ weights.
 
 SmoothQuant divides input channel ``j`` by ``smooth_scale[j]`` and multiplies weight column ``j`` by it before
 quantizing, which leaves the float product unchanged and flattens the activation's outlier channels. The layer
-stores ``smooth_scale`` and multiplies its input by the reciprocal, which works for every architecture; the
-quantized weight already holds the multiplied columns.
+stores ``smooth_scale``, and the kernels multiply its input by the reciprocal block by block as they quantize it
+(no separate pass over the activation), which works for every architecture; the quantized weight already holds
+the multiplied columns.
 """
 
 import torch
@@ -55,10 +56,6 @@ class _SmoothedInput:
             self._input_multipliers[dtype] = multiplier
         return multiplier
 
-    def smooth(self, x: torch.Tensor) -> torch.Tensor:
-        multiplier = self.input_multiplier(x.dtype)
-        return x if multiplier is None else x * multiplier
-
 
 def smoothed_weight(weight: torch.Tensor, smooth_scale: torch.Tensor | None) -> torch.Tensor:
     """The weight whose product with the smoothed input equals the float product: columns times ``smooth_scale``."""
@@ -87,7 +84,7 @@ class Int8PerTokenLinear(_SmoothedInput, Int8DynamicLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_packed()
-        return self._packed.linear(self.smooth(x), self.compute_dtype or x.dtype)
+        return self._packed.linear(x, self.compute_dtype or x.dtype, input_multiplier=self.input_multiplier(x.dtype))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", smoothed" if self.smooth_scale is not None else "")
@@ -145,7 +142,6 @@ class Int8StaticActivationLinear(_SmoothedInput, Int8DynamicLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_packed()
-        # The kernel smooths: oneDNN's quantization multiplies block by block, no pass over the whole input.
         return self._packed.linear(x, self.compute_dtype or x.dtype, self._qparams, self.input_multiplier(x.dtype))
 
     def extra_repr(self) -> str:

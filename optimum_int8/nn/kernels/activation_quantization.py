@@ -61,10 +61,12 @@ def quantize_with(x: torch.Tensor, scale: float, zero_point: int,
 _MIN_ROW_SCALE = 1e-12
 
 
-def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_per_row(x: torch.Tensor, input_multiplier: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """uint8 codes of each row of ``x`` with its own scale and zero point over [min(row, 0), max(row, 0)] (the
     range torch.ao's dynamic quantization takes per tensor, here per token), the fp32 row scales and the
-    integer zero points (as fp32) [rows].
+    integer zero points (as fp32) [rows]. ``input_multiplier`` [in], in ``x``'s dtype: those of
+    ``x * input_multiplier`` (SmoothQuant's smoothing), multiplied block by block.
 
     Each row is mapped to ``x / scale + zero_point`` in one pass and rounded by torch's per-tensor quantizer
     with scale 1: on a 256 x 576 activation 5x faster than ``quantize_per_channel`` (and ``aminmax`` along
@@ -83,7 +85,10 @@ def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
         for start in range(0, rows.shape[0], step):
             # One exact upcast first: the row reductions run 2.5x faster on fp32 than on bf16, and a mixed-dtype
             # addcmul casts on the fly at 1.5x the cost (AMX CPU, 1024 x 768); the codes are the same.
-            block = rows[start:start + step].to(torch.float32)
+            block = rows[start:start + step]
+            if input_multiplier is not None:
+                block = block * input_multiplier
+            block = block.to(torch.float32)
             block_scales, block_zero_points = row_qparams(block)
             scales[start:start + step] = block_scales
             zero_points[start:start + step] = block_zero_points

@@ -18,10 +18,11 @@ AUTO = "auto"
 
 # Every int8 backend: a module with ``name``, ``unavailable_reason(capabilities)``, ``pack``, ``unpack``,
 # ``linear(x, packed, reduce_range, out_dtype)`` (dynamic per-tensor activations) and, for the activation
-# granularities it supports, ``linear_per_token(x, packed, out_dtype)``,
+# granularities it supports, ``linear_per_token(x, packed, out_dtype, input_multiplier=None)``,
 # ``linear_static(x, packed, scale, zero_point, out_dtype, input_multiplier=None)`` and
 # ``linear_static_requantized(x, packed, scale, zero_point, output_scale, output_zero_point, out_dtype,
-# input_multiplier=None)``; the static ones multiply ``x`` by ``input_multiplier`` [in] (SmoothQuant) first.
+# input_multiplier=None)``; the per-token and static ones multiply ``x`` by ``input_multiplier`` [in] (SmoothQuant)
+# first.
 BACKENDS = {backend.name: backend for backend in (fbgemm, onednn)}
 KERNEL_CHOICES = (AUTO, *BACKENDS)
 # How a layer quantizes its input: one dynamic scale per call, one per row (token), or a calibrated one; or a

@@ -86,11 +86,14 @@ def linear_static_requantized(x: torch.Tensor, packed, scale: float, zero_point:
     return y if out_dtype == torch.float32 else y.to(out_dtype)
 
 
-def linear_per_token(x: torch.Tensor, packed, out_dtype: torch.dtype) -> torch.Tensor:
-    """``x @ W.T + b`` with one activation scale and zero point per row, each row through fbgemm's fused static GEMM.
+def linear_per_token(x: torch.Tensor, packed, out_dtype: torch.dtype,
+                     input_multiplier: torch.Tensor | None = None) -> torch.Tensor:
+    """``x * input_multiplier @ W.T + b`` with one activation scale and zero point per row, each row through
+    fbgemm's fused static GEMM.
 
     One call per row, so only fast for a few rows: the dispatch table sends single-row (decode) calls here, where
     it is several times faster than oneDNN's, whose per-call overhead dominates a one-row product."""
+    x = x if input_multiplier is None else x * input_multiplier
     rows = x.reshape(-1, x.shape[-1])
     rows = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
     static = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32

@@ -36,7 +36,8 @@ class PackedInt8Weight:
                input_multiplier: torch.Tensor | None = None) -> torch.Tensor:
         """``x @ W.T + b`` in ``out_dtype``, on the backend the plan picks for this many rows, quantizing ``x`` with
         the plan's activation granularity (``static_qparams``: the calibrated scale and zero point, followed by the
-        output's when the plan requantizes the output; then ``x`` is first multiplied by ``input_multiplier``)."""
+        output's when the plan requantizes the output). Per-token and static activations are those of
+        ``x * input_multiplier`` (SmoothQuant), which the kernels multiply as they quantize."""
         rows = x.numel() // self.in_features if self.in_features else 0
         if rows == 0:
             return x.new_empty((*x.shape[:-1], self.out_features), dtype=out_dtype)
@@ -45,7 +46,7 @@ class PackedInt8Weight:
         if static_qparams is not None:
             return function(x, self._form(backend), *static_qparams, out_dtype, input_multiplier)
         if self.plan.activations == PER_TOKEN:
-            return function(x, self._form(backend), out_dtype)
+            return function(x, self._form(backend), out_dtype, input_multiplier)
         return function(x, self._form(backend), self.plan.reduce_range, out_dtype)
 
     def backends(self) -> list[str]:
