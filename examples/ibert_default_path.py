@@ -1,6 +1,6 @@
 """The default path of an integer-only (ibert) model: load it, call it; the first call compiles, the rest reuse it.
 
-    flock /tmp/optimum-int8-cpu.lock python examples/ibert_default_path.py --workdir /tmp/ibert-default [--preset bert-base]
+    python examples/ibert_default_path.py --workdir ibert-default [--preset bert-base]
 
 Builds the benchmark's RoBERTa-base-shaped (or BERT-base-shaped) classifier with random seeded weights (no
 download), quantizes it with ``Int8Config(scheme="ibert")`` on random token batches, saves and reloads it, then
@@ -37,7 +37,7 @@ def build(preset: str, directory: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/ibert-default"))
+    parser.add_argument("--workdir", type=Path, default=Path("ibert-default"))
     parser.add_argument("--preset", default="roberta-base", choices=["roberta-base", "bert-base"])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

