@@ -49,13 +49,22 @@ def quantize_with(x: torch.Tensor, scale: float, zero_point: int,
             quantized = torch.quantize_per_tensor(rows.contiguous(), scale, zero_point, torch.quint8)
         else:
             quantized = torch._empty_affine_quantized(rows.shape, scale=scale, zero_point=zero_point, dtype=torch.quint8)
-            step = max(1, _UPCAST_BLOCK_ELEMENTS // rows.shape[1])
-            for start in range(0, rows.shape[0], step):
-                block = rows[start:start + step]
-                if input_multiplier is not None:
-                    block = block * input_multiplier
-                quantized[start:start + step].copy_(block.float())
+            for block_rows, block in _fp32_row_blocks(rows, input_multiplier):
+                quantized[block_rows].copy_(block)
     return _codes(quantized, rows.shape).view(x.shape)
+
+
+def _fp32_row_blocks(rows: torch.Tensor, input_multiplier: torch.Tensor | None):
+    """``(slice, fp32 block)`` over the rows of a 2-D ``rows``, in blocks that stay in cache: each block multiplied
+    by ``input_multiplier`` in ``rows``' dtype (as a separate multiply would round it), then upcast exactly. Whole-
+    activation temporaries are fresh allocations that glibc maps page by page on every call, which cost more than
+    the arithmetic."""
+    step = max(1, _UPCAST_BLOCK_ELEMENTS // max(1, rows.shape[1]))
+    for start in range(0, rows.shape[0], step):
+        block = rows[start:start + step]
+        if input_multiplier is not None:
+            block = block * input_multiplier
+        yield slice(start, start + step), block.to(torch.float32)
 
 
 _MIN_ROW_SCALE = 1e-12
@@ -70,29 +79,22 @@ def quantize_per_row(x: torch.Tensor, input_multiplier: torch.Tensor | None = No
 
     Each row is mapped to ``x / scale + zero_point`` in one pass and rounded by torch's per-tensor quantizer
     with scale 1: on a 256 x 576 activation 5x faster than ``quantize_per_channel`` (and ``aminmax`` along
-    rows alone costs 10x a separate ``amin`` and ``amax``). Rows go in blocks that stay in cache, as in
-    ``quantize_with``: a whole-activation fp32 upcast and shifted copy are fresh allocations that glibc maps page by
-    page on every call, which cost more than the arithmetic (on BART-large's encoder on an AMX CPU, the default
-    scheme went from 0.51x to 0.62x torch bf16's speed; docs/benchmarks.md). Rows are independent, so the blocks
-    change no code."""
+    rows alone costs 10x a separate ``amin`` and ``amax``). Rows go in blocks that stay in cache
+    (``_fp32_row_blocks``; on BART-large's encoder on an AMX CPU the default scheme went from 0.51x to 0.62x torch
+    bf16's speed, docs/benchmarks.md); rows are independent, so the blocks change no code. Each block is upcast
+    once: the row reductions run 2.5x faster on fp32 than on bf16, and a mixed-dtype addcmul casts on the fly at
+    1.5x the cost (AMX CPU, 1024 x 768); the codes are the same."""
     rows = x.reshape(-1, x.shape[-1])
     scales = torch.empty(rows.shape[0], dtype=torch.float32)
     zero_points = torch.empty(rows.shape[0], dtype=torch.float32)
-    step = max(1, _UPCAST_BLOCK_ELEMENTS // max(1, rows.shape[1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantized = torch._empty_affine_quantized(rows.shape, scale=1.0, zero_point=0, dtype=torch.quint8)
-        for start in range(0, rows.shape[0], step):
-            # One exact upcast first: the row reductions run 2.5x faster on fp32 than on bf16, and a mixed-dtype
-            # addcmul casts on the fly at 1.5x the cost (AMX CPU, 1024 x 768); the codes are the same.
-            block = rows[start:start + step]
-            if input_multiplier is not None:
-                block = block * input_multiplier
-            block = block.to(torch.float32)
+        for block_rows, block in _fp32_row_blocks(rows, input_multiplier):
             block_scales, block_zero_points = row_qparams(block)
-            scales[start:start + step] = block_scales
-            zero_points[start:start + step] = block_zero_points
-            quantized[start:start + step].copy_(
+            scales[block_rows] = block_scales
+            zero_points[block_rows] = block_zero_points
+            quantized[block_rows].copy_(
                 torch.addcmul(block_zero_points[:, None], block, torch.reciprocal(block_scales)[:, None]))
     return _codes(quantized, rows.shape), scales, zero_points
 

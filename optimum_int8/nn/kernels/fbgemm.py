@@ -61,11 +61,16 @@ def linear(x: torch.Tensor, packed, reduce_range: bool, out_dtype: torch.dtype) 
     return y if out_dtype == torch.float32 else y.to(out_dtype)
 
 
+def smoothed(x: torch.Tensor, input_multiplier: torch.Tensor | None) -> torch.Tensor:
+    """``x * input_multiplier`` (SmoothQuant); fbgemm's kernels quantize inside, so the multiply comes first."""
+    return x if input_multiplier is None else x * input_multiplier
+
+
 def linear_static(x: torch.Tensor, packed, scale: float, zero_point: int, out_dtype: torch.dtype,
                   input_multiplier: torch.Tensor | None = None) -> torch.Tensor:
     """``x * input_multiplier @ W.T + b`` with the activation quantized by a calibrated per-tensor scale and zero
     point."""
-    x = x if input_multiplier is None else x * input_multiplier
+    x = smoothed(x, input_multiplier)
     x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
     y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x32, scale, zero_point, packed)
     return y if out_dtype == torch.float32 else y.to(out_dtype)
@@ -77,7 +82,7 @@ def linear_static_requantized(x: torch.Tensor, packed, scale: float, zero_point:
     """``x @ W.T + b`` as a post-training-static FX graph ran it (legacy INC checkpoints): the activation quantized
     to uint8 with its calibrated scale and zero point, the int8 GEMM's result requantized to uint8 with the calibrated
     output scale and zero point inside the kernel (``quantized::linear``), then dequantized."""
-    x = x if input_multiplier is None else x * input_multiplier
+    x = smoothed(x, input_multiplier)
     x32 = x if x.dtype == torch.float32 else x.to(torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -93,7 +98,7 @@ def linear_per_token(x: torch.Tensor, packed, out_dtype: torch.dtype,
 
     One call per row, so only fast for a few rows: the dispatch table sends single-row (decode) calls here, where
     it is several times faster than oneDNN's, whose per-call overhead dominates a one-row product."""
-    x = x if input_multiplier is None else x * input_multiplier
+    x = smoothed(x, input_multiplier)
     rows = x.reshape(-1, x.shape[-1])
     rows = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
     static = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32

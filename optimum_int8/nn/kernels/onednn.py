@@ -67,9 +67,9 @@ _FP32_BLOCK_BYTES = 8 * 2**20
 
 def linear_per_token(x: torch.Tensor, packed: OnednnWeight, out_dtype: torch.dtype,
                      input_multiplier: torch.Tensor | None = None) -> torch.Tensor:
-    """``x * input_multiplier @ W.T + b`` with one activation scale and zero point per row (token). The GEMM runs on the raw codes
-    (zero point 0, scale 1); each row's zero point is then taken out with the weight's column sums, and its
-    scale applied with the bias: ``y = s_r * (W_s q_r - z_r * W_s 1) + b``. The integer GEMM is exact, so blocks
+    """``x * input_multiplier @ W.T + b`` with one activation scale and zero point per row (token). The GEMM runs on
+    the raw codes (zero point 0, scale 1); each row's zero point is then taken out with the weight's column sums,
+    and its scale applied with the bias: ``y = s_r * (W_s q_r - z_r * W_s 1) + b``. The integer GEMM is exact, so blocks
     of rows give the same results as one call."""
     codes, row_scales, zero_points = activation_quantization.quantize_per_row(x, input_multiplier)
     out_features = packed.scaled_weight_sums.shape[0]
