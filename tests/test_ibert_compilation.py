@@ -9,6 +9,8 @@ from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from optimum_int8 import Int8Config, quantize_model
 from optimum_int8.ibert import compilation, compile_integer_layers
+from optimum_int8.nn.kernels import onednn
+from optimum_int8.nn.kernels.capabilities import CpuCapabilities, detect, overridden
 
 VOCAB = 99
 
@@ -54,6 +56,24 @@ def test_compiled_outputs_are_bit_identical_and_new_shapes_do_not_recompile(fres
     assert graphs == 2 and compilation.compile_statistics()["seconds"] > 0
     for got, expected in zip(compiled, eager):
         assert torch.equal(got, expected)
+
+
+@pytest.mark.skipif(onednn.unavailable_reason(detect()) is not None, reason="oneDNN's int8 GEMM needs VNNI or AMX")
+def test_outputs_do_not_depend_on_the_integer_gemm_kernel(fresh_state):
+    model = _integer_roberta()
+    with overridden(CpuCapabilities(avx2=True, avx512=True)):  # no VNNI: every GEMM on torch._int_mm
+        reference = _integer_roberta()
+    layer, reference_layer = model.roberta.encoder.layer[0], reference.roberta.encoder.layer[0]
+    assert (layer.attention.self.qkv.kernel, layer.output.dense.packed.kernel) == ("onednn", "onednn")
+    assert (reference_layer.attention.self.qkv.kernel, reference_layer.output.dense.packed.kernel) == (
+        "torch._int_mm", "torch._int_mm")
+    batch = _padded_batch(3, 20, seed=7)
+    with torch.no_grad():
+        compiled = model.roberta(**batch).last_hidden_state
+        with compilation.eager():
+            eager = reference.roberta(**batch).last_hidden_state
+    assert fresh_state.failure is None
+    assert torch.equal(compiled, eager)
 
 
 def test_a_failing_compiler_falls_back_to_eager_with_exactly_one_warning(fresh_state, monkeypatch):

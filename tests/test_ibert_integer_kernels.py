@@ -4,15 +4,56 @@ import pytest
 import torch
 
 from optimum_int8.nn import integer_kernels
+from optimum_int8.nn.kernels import onednn
+from optimum_int8.nn.kernels.capabilities import CpuCapabilities, detect, overridden
+
+ONEDNN_RUNS = onednn.unavailable_reason(detect()) is None
+_FP32_EXACT = 2**24
 
 
-def test_int8_linear_is_the_exact_int32_product():
+NO_VNNI = CpuCapabilities(avx2=True, avx512=True)
+
+
+def test_int8_linear_is_the_exact_int32_product_on_either_kernel():
     generator = torch.Generator().manual_seed(0)
     x = torch.randint(-128, 128, (24, 64), generator=generator, dtype=torch.int8)
     weight = torch.randint(-127, 128, (48, 64), generator=generator, dtype=torch.int8)
-    out = integer_kernels.int8_linear(x, weight.t().contiguous())
-    assert out.dtype == torch.int32
-    assert torch.equal(out, x.int() @ weight.int().t())
+    packed = integer_kernels.pack(weight.t().contiguous())
+    with overridden(NO_VNNI):
+        unpacked = integer_kernels.pack(weight.t().contiguous())
+    assert (packed.kernel, unpacked.kernel) == ("onednn" if ONEDNN_RUNS else "torch._int_mm", "torch._int_mm")
+    for weights in (packed, unpacked):
+        out = integer_kernels.int8_linear(x, weights)
+        assert out.dtype == torch.int32
+        assert torch.equal(out, x.int() @ weight.int().t())
+
+
+@pytest.mark.skipif(not ONEDNN_RUNS, reason="oneDNN's int8 GEMM needs AVX-512 VNNI or AMX")
+def test_onednn_products_are_exact_up_to_the_bound_and_not_chosen_past_it():
+    # 1032 inputs: sums reach 128 * 127 * 1032 = 16,776,192 in magnitude, just below 2**24.
+    depth = _FP32_EXACT // (128 * 127)
+    x = torch.full((5, depth), -128, dtype=torch.int8)
+    x[1] = 127
+    weight = torch.full((3, depth), 127, dtype=torch.int8)
+    weight[1, ::2] = -127
+    packed = integer_kernels.pack(weight.t().contiguous())
+    assert packed.kernel == "onednn"
+    expected = x.long() @ weight.long().t()
+    assert expected.abs().max() == 128 * 127 * depth
+    assert torch.equal(integer_kernels.int8_linear(x, packed).long(), expected)
+    # One more input: a sum could reach past 2**24, where fp32 rounds, so the exact int32 kernel runs instead.
+    wider = torch.full((4, depth + 1), 127, dtype=torch.int8)
+    assert not integer_kernels.exact_in_fp32(wider.t())
+    assert integer_kernels.pack(wider.t().contiguous()).kernel == "torch._int_mm"
+
+
+def test_the_fp32_bound_reads_the_weight_not_only_its_depth():
+    # 4096 inputs, but small codes: 128 * sum |w| stays below 2**24, so the kernel's fp32 output is still exact.
+    weight = torch.zeros(2, 4096, dtype=torch.int8)
+    weight[:, :100] = 127
+    assert integer_kernels.exact_in_fp32(weight.t())
+    weight[0, :1033] = -127
+    assert not integer_kernels.exact_in_fp32(weight.t())
 
 
 def test_integer_bmm_is_exact_at_its_bound():

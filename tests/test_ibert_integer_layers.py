@@ -12,7 +12,7 @@ from optimum_int8.nn.integer_layers import (
     IntegerLayerNorm,
     IntegerLinear,
     IntegerSelfAttention,
-    transposed_weights,
+    packed_weights,
 )
 
 
@@ -40,7 +40,7 @@ def test_integer_linear_stores_the_dynamic_int8_codes_and_multiplies_exactly():
 def test_fused_projection_weights_are_views_saved_as_separate_tensors():
     linears = [IntegerLinear.from_float(_linear(seed=s).weight, _linear(seed=s).bias) for s in range(3)]
     codes = [linear.weight_int8.clone() for linear in linears]
-    fused = transposed_weights(*linears)
+    fused = packed_weights(*linears).weight_t
     assert fused.shape == (16, 72) and fused.is_contiguous()
     for linear, original in zip(linears, codes):
         assert linear.weight_int8.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()

@@ -1,15 +1,22 @@
 """The integer matrix products of the integer-only (I-BERT) scheme; the only place that knows their CPU kernels.
 
-Linear layers run ``torch._int_mm`` (int8 x int8 -> int32, oneDNN's VNNI kernel on x86) on a weight stored
-transposed and contiguous, the layout that kernel is fastest with. The two attention products (Q.K^T and
+Linear layers run oneDNN's int8 GEMM on a weight reordered once into its blocked layout (``kernels.onednn``, on
+VNNI or AMX) wherever its fp32 output is exact: every sum an integer below 2**24 in magnitude, which the weight
+itself bounds (``exact_in_fp32``). Elsewhere they run ``torch._int_mm`` (int8 x int8 -> int32), which reorders the
+weight on every call, on the weight stored transposed and contiguous, the layout that kernel is fastest with. The two attention products (Q.K^T and
 probabilities.V) are small batched products that torch has no integer kernel for on CPU: they run on fp32
 ``bmm``, which is exact here because every operand and every partial sum is an integer below 2**24 in
 magnitude (see ``integer_bmm``). Kept apart from the ``kernels`` package, which serves the dynamic int8 scheme.
 """
 
+import dataclasses
+
 import torch
 
+from .kernels import capabilities, onednn
+
 _FP32_EXACT_INTEGER = 2**24
+_MAX_ABS_CODE = 128
 
 
 class IntegerKernelUnavailableError(RuntimeError):
@@ -32,9 +39,37 @@ def check_available() -> None:
         ) from error
 
 
-def int8_linear(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
-    """int32 ``x @ weight_t`` for int8 ``x`` [M, in] and the int8 weight stored transposed, ``weight_t`` [in, out]."""
-    return torch._int_mm(x, weight_t)
+@dataclasses.dataclass(frozen=True)
+class IntegerWeight:
+    """An int8 weight for ``int8_linear``: stored transposed, ``weight_t`` [in, out], and where oneDNN runs exactly,
+    also reordered for it."""
+
+    weight_t: torch.Tensor
+    onednn: onednn.OnednnWeight | None
+
+    @property
+    def kernel(self) -> str:
+        return "onednn" if self.onednn is not None else "torch._int_mm"
+
+
+def exact_in_fp32(weight_t: torch.Tensor) -> bool:
+    """Whether every product of int8 codes with ``weight_t`` [in, out] is an integer below 2**24, so exact in fp32:
+    ``|sum_k x_k w_k| <= 128 * sum_k |w_k|`` for each output."""
+    column_sums = weight_t.abs().sum(dim=0, dtype=torch.int64)
+    return _MAX_ABS_CODE * int(column_sums.max()) < _FP32_EXACT_INTEGER
+
+
+def pack(weight_t: torch.Tensor) -> IntegerWeight:
+    """``weight_t`` [in, out] (contiguous) for ``int8_linear``, on oneDNN where this CPU runs it and its output is exact."""
+    use_onednn = onednn.unavailable_reason(capabilities.current()) is None and exact_in_fp32(weight_t)
+    return IntegerWeight(weight_t, onednn.pack_integer(weight_t.t()) if use_onednn else None)
+
+
+def int8_linear(x: torch.Tensor, weight: IntegerWeight) -> torch.Tensor:
+    """int32 ``x @ weight_t`` for int8 ``x`` [M, in]."""
+    if weight.onednn is None:
+        return torch._int_mm(x, weight.weight_t)
+    return onednn.integer_product(x, weight.onednn).to(torch.int32)
 
 
 def integer_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ class _ScaledModule(nn.Module):
 class IntegerLinear(nn.Module):
     """int8 weight [out, in] with symmetric per-output-channel scales and a float bias.
 
-    ``forward`` returns the raw int32 accumulator of ``torch._int_mm``; the bias and the rescaling are
+    ``forward`` returns the raw int32 accumulator of the integer GEMM; the bias and the rescaling are
     folded into whatever integer op consumes it. State dict: ``weight_int8`` (int8 [out, in]),
     ``weight_scale`` (fp32 [out]), ``bias`` (fp32 [out], optional), quantized exactly like
     ``Int8DynamicLinear``.
@@ -69,6 +69,7 @@ class IntegerLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, dtype=torch.float32, device=device), requires_grad=False)
         else:
             self.register_parameter("bias", None)
+        self.packed = None  # the weight packed for the integer GEMM, by ``prepare``
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "IntegerLinear":
@@ -95,11 +96,11 @@ class IntegerLinear(nn.Module):
         return input_scale * self.weight_scale.to(torch.float64) / output_scale
 
     def prepare(self) -> None:
-        """Store the weight transposed (``weight_int8`` becomes a view of it), the layout the kernel wants."""
-        transposed_weights(self)
+        """Pack the weight for the integer GEMM (``weight_int8`` becomes a view of its transposed copy)."""
+        self.packed = packed_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = integer_kernels.int8_linear(x.reshape(-1, self.in_features), self.weight_int8.t())
+        out = integer_kernels.int8_linear(x.reshape(-1, self.in_features), self.packed)
         return out.view(*x.shape[:-1], self.out_features)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -112,15 +113,15 @@ class IntegerLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8 per-channel"
 
 
-def transposed_weights(*linears: IntegerLinear) -> torch.Tensor:
-    """Lay the weights of ``linears`` out side by side as one contiguous [in, sum(out)] int8 matrix (what
-    ``torch._int_mm`` is fastest with) and make each module's ``weight_int8`` a view into it."""
+def packed_weights(*linears: IntegerLinear) -> integer_kernels.IntegerWeight:
+    """The weights of ``linears`` side by side as one [in, sum(out)] int8 matrix, packed for the integer GEMM; each
+    module's ``weight_int8`` becomes a view into its transposed copy."""
     fused = torch.cat([linear.weight_int8.t() for linear in linears], dim=1).contiguous()
     start = 0
     for linear in linears:
         linear.weight_int8 = fused[:, start:start + linear.out_features].t()
         start += linear.out_features
-    return fused
+    return integer_kernels.pack(fused)
 
 
 class IntegerEmbedding(nn.Module):
@@ -197,6 +198,7 @@ class IntegerSelfAttention(_ScaledModule):
         self.query = IntegerLinear(hidden_size, hidden_size, device=device)
         self.key = IntegerLinear(hidden_size, hidden_size, device=device)
         self.value = IntegerLinear(hidden_size, hidden_size, device=device)
+        self.qkv = None  # the three weights packed as one, by ``prepare``
 
     def prepare(self, input_scale: float) -> float:
         scales = self.activation_scales
@@ -205,7 +207,7 @@ class IntegerSelfAttention(_ScaledModule):
         biases = [p.float_bias() / scales[n] for p, n in zip(projections, ("query", "key", "value"))]
         ratio = torch.cat(ratios)
         shift = ops.dyadic_shift(float(ratio.max()), self.query.accumulator_bound)
-        self._constant("qkv_weight_t", transposed_weights(*projections))
+        self.qkv = packed_weights(*projections)
         self._constant("qkv_multiplier", ops.dyadic(ratio, shift))
         self._constant("qkv_offset", ops.rounding_offset(shift, torch.cat(biases)))
         self._constant("qkv_shift", ops.as_constant(shift))
@@ -221,7 +223,7 @@ class IntegerSelfAttention(_ScaledModule):
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         batch, length, hidden = x.shape
-        accumulator = integer_kernels.int8_linear(x.reshape(batch * length, hidden), self.qkv_weight_t)
+        accumulator = integer_kernels.int8_linear(x.reshape(batch * length, hidden), self.qkv)
         qkv = ops.requantize(accumulator, self.qkv_multiplier, self.qkv_offset, self.qkv_shift, 8)
         query, key, value = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
         scores = integer_kernels.integer_bmm(query, key.transpose(-1, -2))

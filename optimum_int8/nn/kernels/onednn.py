@@ -45,6 +45,31 @@ def pack(weight_int8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tens
     )
 
 
+def _gemm(codes, scale: float, zero_point: int, weight, weight_scale, weight_zero_point, bias, out_dtype) -> torch.Tensor:
+    """``(codes - zero_point) * scale @ (W * weight_scale).T + bias`` in ``out_dtype``, as one oneDNN call."""
+    if torch.compiler.is_compiling():
+        return _opaque_gemm(codes, scale, zero_point, weight, weight_scale, weight_zero_point, bias, out_dtype)
+    return torch.ops.onednn.qlinear_pointwise(
+        codes, scale, zero_point, weight, weight_scale, weight_zero_point, bias, 1.0, 0, out_dtype, "none", [], "",
+    )
+
+
+# Inside a compiled graph the GEMM is this custom op: inductor's own lowering of qlinear_pointwise takes the packed
+# weight only as a frozen constant, while ours is an attribute of the module; as an opaque op it stays one extern
+# call, and inductor fuses the quantization and the float or integer arithmetic around it.
+@torch.library.custom_op("optimum_int8::onednn_qlinear", mutates_args=())
+def _opaque_gemm(codes: torch.Tensor, scale: float, zero_point: int, weight: torch.Tensor, weight_scale: torch.Tensor,
+                 weight_zero_point: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    return torch.ops.onednn.qlinear_pointwise(
+        codes, scale, zero_point, weight, weight_scale, weight_zero_point, bias, 1.0, 0, out_dtype, "none", [], "",
+    )
+
+
+@_opaque_gemm.register_fake
+def _(codes, scale, zero_point, weight, weight_scale, weight_zero_point, bias, out_dtype):
+    return codes.new_empty((codes.shape[0], weight_scale.shape[0]), dtype=out_dtype)
+
+
 def unpack(packed: OnednnWeight) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight_int8, fp32 weight_scale), exactly as packed (oneDNN holds the weight transposed)."""
     return packed.weight.to_dense().t().contiguous(), packed.weight_scale.clone()
@@ -52,10 +77,8 @@ def unpack(packed: OnednnWeight) -> tuple[torch.Tensor, torch.Tensor]:
 
 def linear(x: torch.Tensor, packed: OnednnWeight, reduce_range: bool, out_dtype: torch.dtype) -> torch.Tensor:
     codes, scale, zero_point = activation_quantization.quantize(x, 127 if reduce_range else 255)
-    return torch.ops.onednn.qlinear_pointwise(
-        codes, scale, zero_point, packed.weight, packed.weight_scale, packed.weight_zero_point, packed.bias,
-        1.0, 0, out_dtype, "none", [], "",
-    )
+    return _gemm(codes, scale, zero_point, packed.weight, packed.weight_scale, packed.weight_zero_point, packed.bias,
+                 out_dtype)
 
 
 # The per-token GEMM writes fp32 (its zero-point correction would cancel catastrophically in bf16), in blocks of rows
@@ -86,10 +109,7 @@ def linear_per_token(x: torch.Tensor, packed: OnednnWeight, out_dtype: torch.dty
 
 
 def _per_token_block(codes, row_scales, zero_points, packed: OnednnWeight) -> torch.Tensor:
-    y = torch.ops.onednn.qlinear_pointwise(
-        codes, 1.0, 0, packed.weight, packed.weight_scale, packed.weight_zero_point, None, 1.0, 0, torch.float32,
-        "none", [], "",
-    )
+    y = _gemm(codes, 1.0, 0, packed.weight, packed.weight_scale, packed.weight_zero_point, None, torch.float32)
     # In place: each new fp32 temporary is another pass of page faults.
     y.addr_(zero_points, packed.scaled_weight_sums, alpha=-1).mul_(row_scales[:, None])
     return y if packed.bias is None else y.add_(packed.bias)
@@ -98,9 +118,33 @@ def _per_token_block(codes, row_scales, zero_points, packed: OnednnWeight) -> to
 def linear_static(x: torch.Tensor, packed: OnednnWeight, scale: float, zero_point: int,
                   out_dtype: torch.dtype, input_multiplier: torch.Tensor | None = None) -> torch.Tensor:
     """``x * input_multiplier @ W.T + b`` with the activation quantized by a calibrated per-tensor scale and zero
-    point; the multiplication happens inside the quantization's blocks."""
-    codes = activation_quantization.quantize_with(x, scale, zero_point, input_multiplier)
-    return torch.ops.onednn.qlinear_pointwise(
-        codes, scale, zero_point, packed.weight, packed.weight_scale, packed.weight_zero_point, packed.bias,
-        1.0, 0, out_dtype, "none", [], "",
-    )
+    point; the multiplication happens inside the quantization's blocks (in a compiled graph, inside the kernel that
+    produces ``x``)."""
+    if torch.compiler.is_compiling():
+        codes = activation_quantization.quantize_traceable(x, scale, zero_point, input_multiplier)
+    else:
+        codes = activation_quantization.quantize_with(x, scale, zero_point, input_multiplier)
+    y = _gemm(codes.reshape(-1, x.shape[-1]), scale, zero_point, packed.weight, packed.weight_scale,
+              packed.weight_zero_point, packed.bias, out_dtype)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+
+
+# Integer products for the integer-only (I-BERT) layers: unit scales, so the fp32 output is the int32 sums.
+INTEGER_ZERO_POINT = 128
+
+
+def pack_integer(weight_int8: torch.Tensor) -> OnednnWeight:
+    """``weight_int8`` [out, in] packed with unit scales, for ``integer_product``."""
+    return pack(weight_int8, torch.ones(weight_int8.shape[0]), None)
+
+
+def integer_product(codes: torch.Tensor, packed: OnednnWeight) -> torch.Tensor:
+    """``codes @ W.T`` of int8 ``codes`` [M, in] as fp32 holding the exact int32 sums, for a weight packed by
+    ``pack_integer``: exact wherever every sum stays below 2**24 in magnitude (the caller's check). The codes go in as
+    uint8 with zero point 128, the activation type oneDNN takes on VNNI and AMX alike: ``code + 128`` is the code's
+    bit pattern with the top bit flipped (one pass, which inductor vectorizes; a detour through int16 it does not)."""
+    shifted = codes.view(torch.uint8) ^ INTEGER_ZERO_POINT
+    return _gemm(shifted, 1.0, INTEGER_ZERO_POINT, packed.weight, packed.weight_scale, packed.weight_zero_point, None,
+                 torch.float32)
