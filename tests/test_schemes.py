@@ -11,9 +11,11 @@ from conftest import TINY_ARCHS, TINY_LLAMA, run
 from optimum_int8 import Int8Config, quantize_model
 from optimum_int8.configuration import FORMAT_VERSION, ConfigError
 from optimum_int8.nn import Int8PerTokenLinear, Int8StaticActivationLinear, Int8WeightOnlyLinear
+from optimum_int8.nn.kernels import capabilities, onednn
 from optimum_int8.schemes import SCHEMES, get_scheme
 
 ARCHS = {"bert": TINY_ARCHS["bert"], "bart": TINY_ARCHS["bart"], "llama": TINY_LLAMA}
+ONEDNN_RUNS = onednn.unavailable_reason(capabilities.detect()) is None
 LINEAR_SCHEMES = [name for name, scheme in SCHEMES.items() if scheme.module_class is not None]
 # (scheme, config options): every Linear scheme, and the calibrated variants that write extra tensors.
 CASES = {
@@ -204,3 +206,34 @@ def test_bad_calibration_data_is_a_clear_error_and_leaves_the_model_float(data, 
         quantize_model(model, Int8Config(scheme="int8_static"), calibration_data=data)
     assert not any(isinstance(m, Int8StaticActivationLinear) for m in model.modules())
     assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got.float() - expected.float()).norm() / expected.float().norm())
+
+
+@pytest.mark.parametrize("case", ["int8_dynamic", "int8_per_token", "int8_static-histogram-smoothquant-auto"])
+def test_an_int8_encoder_runs_under_torch_compile(case, tmp_path):
+    arch = ARCHS["bart"]
+    arch.build().save_pretrained(tmp_path / "fp32")
+    scheme, options = CASES[case]
+    encoder = _quantize(arch, tmp_path / "fp32", scheme, options).get_encoder()
+    # 64 rows: the prefill shapes oneDNN's kernel runs (fewer rows run fbgemm, which quantizes eagerly).
+    input_ids = torch.randint(4, arch.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(3))
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    # Dynamo keeps, per code object, what it learned in this process: a graph break in BartEncoder's layer loop
+    # (another scheme's eager GEMMs) makes it run that loop eagerly for every later BART encoder too.
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = encoder(**inputs).last_hidden_state
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        encoder.compile()
+        compiled = encoder(**inputs).last_hidden_state
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
+    # Inductor fuses the float ops around the GEMMs (bf16 where the CPU computes in bf16) and, for static scales,
+    # the quantization: the same result up to float rounding.
+    assert _relative_error(compiled, eager) < 0.02
+    if scheme == "int8_static" and ONEDNN_RUNS:
+        assert graphs == 1  # quantization and GEMMs traced: one graph for the whole encoder
+    else:
+        assert graphs > 1  # the GEMMs quantize eagerly between compiled parts

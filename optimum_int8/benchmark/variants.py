@@ -106,6 +106,14 @@ def load_int8_eager_decode(directory: Path):
     return model
 
 
+def load_int8_compiled_encoder(directory: Path):
+    """An optimum-int8 checkpoint with its encoder (a seq2seq model's) or whole model under ``torch.compile``, as
+    ``openvino-int8`` compiles its encoder: the first call compiles (the warm-up call)."""
+    model = load_int8(directory)
+    (model.get_encoder() if model.config.is_encoder_decoder else model).compile()
+    return model
+
+
 def quantize_while_loading(directory: Path, config: Int8Config | None = None):
     """An fp32 checkpoint quantized to int8 as its weights stream in."""
     return model_class(directory).from_pretrained(directory, quantization_config=config or Int8Config()).eval()
@@ -159,3 +167,9 @@ register_variant(dataclasses.replace(
 register_variant(int8_variant("int8-static-smoothquant", "int8_static + SmoothQuant 0.5",
                               "optimum-int8 int8_static with SmoothQuant (alpha 0.5), calibrated like openvino-int8",
                               scheme="int8_static", smoothquant_alpha=0.5))
+register_variant(dataclasses.replace(
+    VARIANTS["int8-static-smoothquant"], name="int8-static-smoothquant-compiled",
+    label="int8_static + SmoothQuant 0.5, compiled encoder",
+    description="int8-static-smoothquant with its encoder under torch.compile (the whole model for encoder-only ones)",
+    load=load_int8_compiled_encoder,
+))

@@ -9,7 +9,8 @@ by page, on every call.
 
 Compiling this into one fused kernel with ``torch.compile`` measured faster alone, but inside a model its
 OpenMP threads and ATen's fought over the two cores and greedy decoding ran 5x slower: not used
-(docs/kernels.md).
+(docs/kernels.md). Where the user compiles the whole model, static scales use ``quantize_traceable`` instead,
+which inductor fuses into the kernel before the GEMM.
 """
 
 import math
@@ -52,6 +53,19 @@ def quantize_with(x: torch.Tensor, scale: float, zero_point: int,
             for block_rows, block in _fp32_row_blocks(rows, input_multiplier):
                 quantized[block_rows].copy_(block)
     return _codes(quantized, rows.shape).view(x.shape)
+
+
+def quantize_traceable(x: torch.Tensor, scale: float, zero_point: int,
+                       input_multiplier: torch.Tensor | None = None) -> torch.Tensor:
+    """``quantize_with`` in plain tensor ops, for compiled graphs, where inductor fuses it into the kernel that
+    produces ``x``. torch's quantizer rounds ``x * (1 / scale) + zero_point`` computed with one fused multiply-add;
+    here the product is rounded to fp32 before the addition, so a value within an fp32 rounding of a tie between two
+    codes may land on the other one. Compiled, a bf16 ``x * input_multiplier`` stays in fp32 instead of being rounded
+    to bf16 first, which moves a few percent of the codes by one."""
+    if input_multiplier is not None:
+        x = x * input_multiplier
+    inverse_scale = 1.0 / torch.tensor(scale, dtype=torch.float32)
+    return torch.round(x.to(torch.float32) * inverse_scale + zero_point).clamp(0, 255).to(torch.uint8)
 
 
 def _fp32_row_blocks(rows: torch.Tensor, input_multiplier: torch.Tensor | None):

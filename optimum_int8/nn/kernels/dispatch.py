@@ -10,6 +10,8 @@ same int8 codes and fp32 scales.
 import dataclasses
 import os
 
+import torch
+
 from . import capabilities as cpu
 from . import fbgemm, onednn
 
@@ -39,8 +41,27 @@ def supports(backend: str, activations: str) -> bool:
     return hasattr(BACKENDS[backend], _ACTIVATION_FUNCTIONS[activations])
 
 
-def linear_function(backend: str, activations: str):
+def _function(backend: str, activations: str):
     return getattr(BACKENDS[backend], _ACTIVATION_FUNCTIONS[activations])
+
+
+# The GEMMs that trace into a compiled graph: plain tensor ops around an opaque oneDNN call (``onednn``). The others
+# quantize through torch's quantized tensors and Python scalars: inside a compiled model they run eagerly between
+# the compiled parts, through wrappers made once here (making one while tracing would itself break the graph).
+_TRACEABLE = {(onednn.name, STATIC)}
+_EAGER_IN_COMPILED_MODELS = {
+    (backend, activations): torch.compiler.disable(_function(backend, activations))
+    for backend in BACKENDS for activations in ACTIVATIONS
+    if supports(backend, activations) and (backend, activations) not in _TRACEABLE
+}
+
+
+def linear_function(backend: str, activations: str):
+    if torch.compiler.is_compiling():
+        eager = _EAGER_IN_COMPILED_MODELS.get((backend, activations))
+        if eager is not None:
+            return eager
+    return _function(backend, activations)
 
 
 @dataclasses.dataclass(frozen=True)
