@@ -6,6 +6,7 @@ from transformers import BertConfig, BertModel
 
 from optimum_int8.ibert import calibrate
 from optimum_int8.nn import Int8DynamicLinear
+from optimum_int8.nn.kernels.capabilities import CpuCapabilities, overridden
 from optimum_int8.nn.integer_layers import (
     IntegerEmbedding,
     IntegerEncoderLayer,
@@ -28,7 +29,7 @@ def test_integer_linear_stores_the_dynamic_int8_codes_and_multiplies_exactly():
     assert torch.equal(linear.weight_int8, reference.weight_int8)
     assert torch.equal(linear.weight_scale, reference.weight_scale)
     linear.prepare()
-    assert not linear.weight_int8.is_contiguous() and linear.weight_int8.t().is_contiguous()
+    assert linear.weight_int8 is None  # moved into the packed weight: one copy in memory
     x = torch.randint(-128, 128, (2, 5, 16), dtype=torch.int8)
     assert torch.equal(linear(x), (x.int() @ reference.weight_int8.int().t()))
     state = linear.state_dict()
@@ -37,16 +38,20 @@ def test_integer_linear_stores_the_dynamic_int8_codes_and_multiplies_exactly():
     assert set(state) == {"weight_int8", "weight_scale", "bias"}
 
 
-def test_fused_projection_weights_are_views_saved_as_separate_tensors():
+def test_fused_projection_weights_are_packed_once_and_saved_as_separate_tensors():
     linears = [IntegerLinear.from_float(_linear(seed=s).weight, _linear(seed=s).bias) for s in range(3)]
     codes = [linear.weight_int8.clone() for linear in linears]
-    fused = packed_weights(*linears).weight_t
-    assert fused.shape == (16, 72) and fused.is_contiguous()
+    packed = packed_weights(*linears)
+    assert packed.transposed_codes().shape == (16, 72)
     for linear, original in zip(linears, codes):
-        assert linear.weight_int8.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+        assert linear.weight_int8 is None and linear.stored_in[0] is packed
         saved = linear.state_dict()["weight_int8"]
-        assert torch.equal(saved, original)
-        assert saved.untyped_storage().data_ptr() != fused.untyped_storage().data_ptr()
+        assert saved.is_contiguous() and torch.equal(saved, original)
+    with overridden(CpuCapabilities(avx2=True)):  # torch._int_mm's plain layout: the same codes come back
+        plain = [IntegerLinear.from_float(_linear(seed=s).weight, _linear(seed=s).bias) for s in range(3)]
+        assert packed_weights(*plain).kernel == "torch._int_mm"
+    for linear, original in zip(plain, codes):
+        assert torch.equal(linear.state_dict()["weight_int8"], original)
 
 
 def test_integer_embedding_is_symmetric_per_tensor():

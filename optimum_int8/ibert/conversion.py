@@ -9,6 +9,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .. import linear_modules
+from .._memory import trim_heap
 from ..nn.integer_layers import IntegerEmbedding, IntegerEncoderLayer, IntegerLayerNorm, IntegerLinear, _ScaledModule
 from .architecture import base_model_path, encoder_family, qualified
 from .modules import IntegerEmbeddings, IntegerEncoder
@@ -60,6 +61,8 @@ def prepare_integer_model(model: PreTrainedModel) -> None:
     base = model.base_model
     with torch.no_grad():
         base.encoder.prepare(base.embeddings.prepare())
+    # Packing frees every loaded weight, and glibc keeps such freed blocks resident: 0.5 GiB on RoBERTa-base.
+    trim_heap()
 
 
 def convert_to_integer(model: PreTrainedModel, scales: dict[str, dict]) -> None:

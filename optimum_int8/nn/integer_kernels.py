@@ -41,15 +41,19 @@ def check_available() -> None:
 
 @dataclasses.dataclass(frozen=True)
 class IntegerWeight:
-    """An int8 weight for ``int8_linear``: stored transposed, ``weight_t`` [in, out], and where oneDNN runs exactly,
-    also reordered for it."""
+    """An int8 weight for ``int8_linear``, in one kernel's layout: reordered for oneDNN where it runs exactly, or
+    stored transposed, ``weight_t`` [in, out], for ``torch._int_mm``."""
 
-    weight_t: torch.Tensor
+    weight_t: torch.Tensor | None
     onednn: onednn.OnednnWeight | None
 
     @property
     def kernel(self) -> str:
         return "onednn" if self.onednn is not None else "torch._int_mm"
+
+    def transposed_codes(self) -> torch.Tensor:
+        """The int8 weight [in, out], exactly as packed."""
+        return self.weight_t if self.onednn is None else onednn.unpack(self.onednn)[0].t()
 
 
 def exact_in_fp32(weight_t: torch.Tensor) -> bool:
@@ -61,8 +65,9 @@ def exact_in_fp32(weight_t: torch.Tensor) -> bool:
 
 def pack(weight_t: torch.Tensor) -> IntegerWeight:
     """``weight_t`` [in, out] (contiguous) for ``int8_linear``, on oneDNN where this CPU runs it and its output is exact."""
-    use_onednn = onednn.unavailable_reason(capabilities.current()) is None and exact_in_fp32(weight_t)
-    return IntegerWeight(weight_t, onednn.pack_integer(weight_t.t()) if use_onednn else None)
+    if onednn.unavailable_reason(capabilities.current()) is None and exact_in_fp32(weight_t):
+        return IntegerWeight(None, onednn.pack_integer(weight_t.t()))
+    return IntegerWeight(weight_t, None)
 
 
 def int8_linear(x: torch.Tensor, weight: IntegerWeight) -> torch.Tensor:

@@ -70,6 +70,7 @@ class IntegerLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self.packed = None  # the weight packed for the integer GEMM, by ``prepare``
+        self.stored_in = None  # (packed weight, first column) that holds this module's codes once prepared
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "IntegerLinear":
@@ -96,7 +97,7 @@ class IntegerLinear(nn.Module):
         return input_scale * self.weight_scale.to(torch.float64) / output_scale
 
     def prepare(self) -> None:
-        """Pack the weight for the integer GEMM (``weight_int8`` becomes a view of its transposed copy)."""
+        """Pack the weight for the integer GEMM (``weight_int8`` moves into it)."""
         self.packed = packed_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,23 +106,26 @@ class IntegerLinear(nn.Module):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        # At run time the weight is a transposed view (the layout the kernel wants), maybe into a fused
-        # buffer; the checkpoint gets its own contiguous [out, in] copy.
-        destination[prefix + "weight_int8"] = self.weight_int8.contiguous()
+        if self.stored_in is not None:  # prepared: the codes live in a packed weight, maybe shared with others
+            packed, start = self.stored_in
+            codes = packed.transposed_codes()[:, start:start + self.out_features]
+            destination[prefix + "weight_int8"] = codes.t().contiguous()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8 per-channel"
 
 
 def packed_weights(*linears: IntegerLinear) -> integer_kernels.IntegerWeight:
-    """The weights of ``linears`` side by side as one [in, sum(out)] int8 matrix, packed for the integer GEMM; each
-    module's ``weight_int8`` becomes a view into its transposed copy."""
-    fused = torch.cat([linear.weight_int8.t() for linear in linears], dim=1).contiguous()
+    """The weights of ``linears`` side by side as one [in, sum(out)] int8 matrix, packed for the integer GEMM. The
+    modules keep no copy of their own (a second copy of every weight in memory): their state dicts read the codes
+    back from the packed weight."""
+    packed = integer_kernels.pack(torch.cat([linear.weight_int8.t() for linear in linears], dim=1).contiguous())
     start = 0
     for linear in linears:
-        linear.weight_int8 = fused[:, start:start + linear.out_features].t()
+        linear.weight_int8 = None
+        linear.stored_in = (packed, start)
         start += linear.out_features
-    return integer_kernels.pack(fused)
+    return packed
 
 
 class IntegerEmbedding(nn.Module):
