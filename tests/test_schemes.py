@@ -1,6 +1,7 @@
 """Every Linear scheme of the registry on three architecture families (BERT, BART, Llama): quantize, save, reload
 bit-exact; quantize while loading where the scheme allows it; calibration where it needs it."""
 
+import copy
 import json
 
 import pytest
@@ -218,22 +219,32 @@ def test_an_int8_encoder_runs_under_torch_compile(case, tmp_path):
     arch.build().save_pretrained(tmp_path / "fp32")
     scheme, options = CASES[case]
     encoder = _quantize(arch, tmp_path / "fp32", scheme, options).get_encoder()
-    # 64 rows: the prefill shapes oneDNN's kernel runs (fewer rows run fbgemm, which quantizes eagerly).
-    input_ids = torch.randint(4, arch.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(3))
-    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    # 64 and 63 rows: the prefill shapes oneDNN's kernel runs (fewer rows run fbgemm, which quantizes eagerly).
+    generator = torch.Generator().manual_seed(3)
+    batches = []
+    for shape in ((4, 16), (3, 21)):
+        input_ids = torch.randint(4, arch.config.vocab_size, shape, generator=generator)
+        batches.append({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)})
     # Dynamo keeps, per code object, what it learned in this process: a graph break in BartEncoder's layer loop
     # (another scheme's eager GEMMs) makes it run that loop eagerly for every later BART encoder too.
     torch._dynamo.reset()
+    compiled_encoder = copy.deepcopy(encoder)  # not run yet: its first call is the compiled one
+    compiled_encoder.compile(dynamic=True)
     with torch.no_grad():
-        eager = encoder(**inputs).last_hidden_state
+        eager = [encoder(**batch).last_hidden_state for batch in batches]
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        encoder.compile()
-        compiled = encoder(**inputs).last_hidden_state
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
+        compiled = [compiled_encoder(**batches[0]).last_hidden_state]
+        after_first_call = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        compiled.append(compiled_encoder(**batches[1]).last_hidden_state)
+    graphs = after_first_call - graphs
     # Inductor fuses the float ops around the GEMMs (bf16 where the CPU computes in bf16) and, for static scales,
     # the quantization: the same result up to float rounding.
-    assert _relative_error(compiled, eager) < 0.02
+    for got, expected in zip(compiled, eager):
+        assert _relative_error(got, expected) < 0.02
     if scheme == "int8_static" and ONEDNN_RUNS:
         assert graphs == 1  # quantization and GEMMs traced: one graph for the whole encoder
+        # A new batch size and length runs the same graph: nothing recompiles (SmoothQuant's cached multipliers
+        # included).
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == after_first_call
     else:
         assert graphs > 1  # the GEMMs quantize eagerly between compiled parts

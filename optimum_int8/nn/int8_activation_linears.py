@@ -50,6 +50,8 @@ class _SmoothedInput:
         """What smoothing multiplies an input of ``dtype`` by (the reciprocal of ``smooth_scale``), or None."""
         if self.smooth_scale is None:
             return None
+        if torch.compiler.is_compiling():  # part of the graph: filling the cache would fail a guard on the next call
+            return torch.reciprocal(self.smooth_scale).to(dtype)
         multiplier = self._input_multipliers.get(dtype)
         if multiplier is None:
             multiplier = torch.reciprocal(self.smooth_scale).to(dtype)
