@@ -6,7 +6,8 @@
   fp32 scales, so the file format does not depend on the CPU;
 - ``int8_weight``: a layer's packed weight and its call-time dispatch;
 - ``weight_only``: the weight-only int8 GEMM (float activations);
-- ``bf16``: the bf16 fallbacks' GEMMs; ``torch_ao``: the op only legacy INC checkpoints need.
+- ``bf16``: the bf16 fallbacks' GEMMs; ``torch_ao``: the op only legacy INC checkpoints need;
+- ``compiled_fusions``: GELU fused into oneDNN's GEMM in compiled graphs.
 
 docs/kernels.md gives the measurements behind each choice.
 """

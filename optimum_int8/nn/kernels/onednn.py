@@ -11,7 +11,7 @@ import dataclasses
 
 import torch
 
-from . import activation_quantization
+from . import activation_quantization, compiled_fusions
 
 name = "onednn"
 
@@ -57,16 +57,20 @@ def _gemm(codes, scale: float, zero_point: int, weight, weight_scale, weight_zer
 # Inside a compiled graph the GEMM is this custom op: inductor's own lowering of qlinear_pointwise takes the packed
 # weight only as a frozen constant, while ours is an attribute of the module; as an opaque op it stays one extern
 # call, and inductor fuses the quantization and the float or integer arithmetic around it.
+# ``unary``/``algorithm``: an activation oneDNN applies to the fp32 result before writing it, which
+# ``compiled_fusions`` sets where the compiled graph applies one right after the GEMM.
 @torch.library.custom_op("optimum_int8::onednn_qlinear", mutates_args=())
 def _opaque_gemm(codes: torch.Tensor, scale: float, zero_point: int, weight: torch.Tensor, weight_scale: torch.Tensor,
-                 weight_zero_point: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+                 weight_zero_point: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
+                 unary: str = "none", algorithm: str = "") -> torch.Tensor:
     return torch.ops.onednn.qlinear_pointwise(
-        codes, scale, zero_point, weight, weight_scale, weight_zero_point, bias, 1.0, 0, out_dtype, "none", [], "",
+        codes, scale, zero_point, weight, weight_scale, weight_zero_point, bias, 1.0, 0, out_dtype, unary, [], algorithm,
     )
 
 
 @_opaque_gemm.register_fake
-def _(codes, scale, zero_point, weight, weight_scale, weight_zero_point, bias, out_dtype):
+def _(codes, scale, zero_point, weight, weight_scale, weight_zero_point, bias, out_dtype, unary="none", algorithm=""):
+    compiled_fusions.register()  # the op is being traced: inductor may compile the graph next
     return codes.new_empty((codes.shape[0], weight_scale.shape[0]), dtype=out_dtype)
 
 
