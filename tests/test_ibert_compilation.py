@@ -9,6 +9,7 @@ from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from optimum_int8 import Int8Config, quantize_model
 from optimum_int8.ibert import compilation, compile_integer_layers
+from optimum_int8.nn import runtime
 from optimum_int8.nn.kernels import onednn
 from optimum_int8.nn.kernels.capabilities import CpuCapabilities, detect, overridden
 
@@ -67,6 +68,9 @@ def test_outputs_do_not_depend_on_the_integer_gemm_kernel(fresh_state):
     assert (layer.attention.self.qkv.kernel, layer.output.dense.packed.kernel) == ("onednn", "onednn")
     assert (reference_layer.attention.self.qkv.kernel, reference_layer.output.dense.packed.kernel) == (
         "torch._int_mm", "torch._int_mm")
+    # What the benchmark report prints: 2 layers of 4 GEMMs (Q, K and V as one).
+    assert runtime.describe(model) == "integer GEMMs: onednn x8"
+    assert runtime.describe(reference) == "integer GEMMs: torch._int_mm x8"
     batch = _padded_batch(3, 20, seed=7)
     with torch.no_grad():
         compiled = model.roberta(**batch).last_hidden_state

@@ -19,6 +19,7 @@ from transformers.utils import logging
 from . import kernels
 from .bf16_linear import BFloat16Linear
 from .int8_linear import Int8DynamicLinear
+from .integer_layers import IntegerLinear, IntegerSelfAttention
 
 logger = logging.get_logger(__name__)
 
@@ -182,12 +183,26 @@ def configure(model: nn.Module, kernel: str | None = "auto", reduce_range: bool 
     return RuntimeSettings(plan, dtype_name)
 
 
+def _integer_gemm_weight(module: nn.Module):
+    """The packed weight of an integer-only GEMM ``module`` runs (the fused Q, K, V one for the self-attention; the
+    projections inside it have none of their own), or None."""
+    if isinstance(module, IntegerSelfAttention):
+        return module.qkv
+    return module.packed if isinstance(module, IntegerLinear) else None
+
+
 def describe(model: nn.Module) -> str:
-    """The kernel plans and compute dtypes the int8 layers of ``model`` run with, e.g. for a benchmark table."""
-    seen = {}
+    """The kernel plans and compute dtypes the int8 layers of ``model`` run with, and the kernels of its integer-only
+    GEMMs with their count, e.g. for a benchmark table."""
+    seen, integer_gemms = {}, {}
     for module in model.modules():
         if isinstance(module, Int8DynamicLinear) and module.kernel_plan is not None:
             dtype = str(module.compute_dtype or torch.float32).removeprefix("torch.")
             text = f"{module.kernel_plan.describe()}, compute {dtype}"
             seen[text] = seen.get(text, 0) + 1
+        packed = _integer_gemm_weight(module)
+        if packed is not None:
+            integer_gemms[packed.kernel] = integer_gemms.get(packed.kernel, 0) + 1
+    if integer_gemms:
+        seen["integer GEMMs: " + ", ".join(f"{kernel} x{count}" for kernel, count in integer_gemms.items())] = 1
     return "; ".join(seen) if seen else ""
