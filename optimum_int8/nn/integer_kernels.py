@@ -3,10 +3,11 @@
 Linear layers run oneDNN's int8 GEMM on a weight reordered once into its blocked layout (``kernels.onednn``, on
 VNNI or AMX) wherever its fp32 output is exact: every sum an integer below 2**24 in magnitude, which the weight
 itself bounds (``exact_in_fp32``). Elsewhere they run ``torch._int_mm`` (int8 x int8 -> int32), which reorders the
-weight on every call, on the weight stored transposed and contiguous, the layout that kernel is fastest with. The two attention products (Q.K^T and
-probabilities.V) are small batched products that torch has no integer kernel for on CPU: they run on fp32
-``bmm``, which is exact here because every operand and every partial sum is an integer below 2**24 in
-magnitude (see ``integer_bmm``). Kept apart from the ``kernels`` package, which serves the dynamic int8 scheme.
+weight on every call, on the weight stored transposed and contiguous, the layout that kernel is fastest with.
+
+The two attention products (Q.K^T and probabilities.V) are small batched products that torch has no integer
+kernel for on CPU: they run on fp32 ``bmm``, which is exact here because every operand and every partial sum is
+an integer below 2**24 in magnitude (see ``integer_bmm``).
 """
 
 import dataclasses

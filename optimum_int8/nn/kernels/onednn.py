@@ -4,7 +4,9 @@ the kernel for prefill-shaped inputs, on AMX tiles where the CPU has them and on
 The weight is reordered once into oneDNN's blocked layout. Each call quantizes the activation per tensor to
 uint8 (asymmetric, the same scheme as fbgemm's dynamic Linear; ``activation_quantization``), and the kernel writes
 its result directly in the compute dtype (bf16 or fp32) with the bias added, so no fp32 output is written
-and cast when the model computes in bf16.
+and cast when the model computes in bf16. Inside a compiled graph every call is one custom op (``_opaque_gemm``).
+The integer-only (I-BERT) layers use the same kernel with unit scales for exact integer products
+(``integer_product``).
 """
 
 import dataclasses
@@ -131,8 +133,6 @@ def linear_static(x: torch.Tensor, packed: OnednnWeight, scale: float, zero_poin
     y = _gemm(codes.reshape(-1, x.shape[-1]), scale, zero_point, packed.weight, packed.weight_scale,
               packed.weight_zero_point, packed.bias, out_dtype)
     return y.view(*x.shape[:-1], y.shape[-1])
-
-
 
 
 # Integer products for the integer-only (I-BERT) layers: unit scales, so the fp32 output is the int32 sums.
