@@ -248,3 +248,16 @@ def test_an_int8_encoder_runs_under_torch_compile(case, tmp_path):
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == after_first_call
     else:
         assert graphs > 1  # the GEMMs quantize eagerly between compiled parts
+
+
+def test_every_family_runs_compiled_with_static_smoothquant_layers(family):
+    arch, path = family
+    model = _quantize(arch, path, "int8_static", {"smoothquant_alpha": 0.5})
+    input_ids = torch.randint(4, arch.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(4))
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if arch.is_seq2seq:
+        inputs["decoder_input_ids"] = input_ids[:, :9]
+    torch._dynamo.reset()
+    compiled = copy.deepcopy(model)
+    compiled.compile(dynamic=False)
+    assert _relative_error(run(compiled, inputs), run(model, inputs)) < 0.03
