@@ -1,6 +1,7 @@
 """The default, lazily compiled path of integer-only models (ibert/compilation.py): bit-identical to eager, one
 compile for every batch size and sequence length, and an eager fallback with exactly one warning."""
 
+import copy
 import warnings
 
 import pytest
@@ -78,6 +79,8 @@ def test_outputs_do_not_depend_on_the_integer_gemm_kernel(fresh_state):
             eager = reference.roberta(**batch).last_hidden_state
     assert fresh_state.failure is None
     assert torch.equal(compiled, eager)
+    with torch.no_grad(), compilation.eager():  # a copy repacks the same codes for the same kernels
+        assert torch.equal(copy.deepcopy(model).roberta(**batch).last_hidden_state, eager)
 
 
 def test_a_failing_compiler_falls_back_to_eager_with_exactly_one_warning(fresh_state, monkeypatch):

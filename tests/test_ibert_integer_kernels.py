@@ -1,5 +1,8 @@
 """The integer matrix products (nn/integer_kernels.py) are exact int32 arithmetic."""
 
+import copy
+import io
+
 import pytest
 import torch
 
@@ -80,3 +83,20 @@ def test_check_bmm_exact_refuses_products_that_fp32_would_round():
 
 def test_check_available_passes_on_a_cpu_torch_build():
     integer_kernels.check_available()
+
+
+def test_packed_weights_copy_and_pickle_as_their_codes_on_the_same_kernel():
+    generator = torch.Generator().manual_seed(3)
+    weight_t = torch.randint(-127, 128, (64, 48), generator=generator, dtype=torch.int8)
+    x = torch.randint(-128, 128, (8, 64), generator=generator, dtype=torch.int8)
+    packed = [integer_kernels.pack(weight_t.clone())]
+    with overridden(NO_VNNI):
+        packed.append(integer_kernels.pack(weight_t.clone()))
+    for original in packed:
+        buffer = io.BytesIO()
+        torch.save(original, buffer)
+        buffer.seek(0)
+        for copy_ in (copy.deepcopy(original), torch.load(buffer, weights_only=False)):
+            assert copy_.kernel == original.kernel
+            assert torch.equal(copy_.transposed_codes(), weight_t)
+            assert torch.equal(integer_kernels.int8_linear(x, copy_), integer_kernels.int8_linear(x, original))

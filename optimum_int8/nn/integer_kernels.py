@@ -56,6 +56,17 @@ class IntegerWeight:
         """The int8 weight [in, out], exactly as packed."""
         return self.weight_t if self.onednn is None else onednn.unpack(self.onednn)[0].t()
 
+    def __reduce__(self):
+        # Copies and pickles as the plain codes, packed again for the same kernel: oneDNN's layout has no storage
+        # that copy or pickle can reach.
+        return _repacked, (self.transposed_codes().contiguous(), self.kernel)
+
+
+def _repacked(weight_t: torch.Tensor, kernel: str) -> IntegerWeight:
+    if kernel == "onednn":
+        return IntegerWeight(None, onednn.pack_integer(weight_t.t()))
+    return IntegerWeight(weight_t, None)
+
 
 def exact_in_fp32(weight_t: torch.Tensor) -> bool:
     """Whether every product of int8 codes with ``weight_t`` [in, out] is an integer below 2**24, so exact in fp32:
@@ -66,9 +77,8 @@ def exact_in_fp32(weight_t: torch.Tensor) -> bool:
 
 def pack(weight_t: torch.Tensor) -> IntegerWeight:
     """``weight_t`` [in, out] (contiguous) for ``int8_linear``, on oneDNN where this CPU runs it and its output is exact."""
-    if onednn.unavailable_reason(capabilities.current()) is None and exact_in_fp32(weight_t):
-        return IntegerWeight(None, onednn.pack_integer(weight_t.t()))
-    return IntegerWeight(weight_t, None)
+    use_onednn = onednn.unavailable_reason(capabilities.current()) is None and exact_in_fp32(weight_t)
+    return _repacked(weight_t, "onednn" if use_onednn else "torch._int_mm")
 
 
 def int8_linear(x: torch.Tensor, weight: IntegerWeight) -> torch.Tensor:
