@@ -35,7 +35,10 @@ def add_command(subparsers) -> None:
                         help="where the variants' checkpoints are built and cached (default: %(default)s)")
     parser.add_argument("--variants", nargs="+", metavar="NAME",
                         help=f"variants to run (registered: {', '.join(VARIANTS)}; default: all that are installed)")
-    parser.add_argument("--workloads", nargs="+", metavar="NAME", help=f"workloads (default: {', '.join(WORKLOADS)})")
+    by_default = ", ".join(name for name, workload in WORKLOADS.items() if workload.by_default)
+    named_only = ", ".join(name for name, workload in WORKLOADS.items() if not workload.by_default)
+    parser.add_argument("--workloads", nargs="+", metavar="NAME",
+                        help=f"workloads (default: those of {by_default} that apply; run only when named: {named_only})")
     parser.add_argument("--fallbacks", type=Path, metavar="FILE",
                         help="Linear module names (one per line) to keep in float: adds an int8 variant with them "
                              "in fp32 and one with them in bf16")

@@ -39,7 +39,7 @@ class BenchmarkSettings:
     # Variant names (VARIANTS); None: fp32, bf16, int8, ORT int8 and OpenVINO int8/bf16 where their extras
     # are installed, and the two fallback variants when ``fallbacks`` is given.
     variants: list[str] | None = None
-    workloads: list[str] | None = None  # None: every registered workload that applies to the model
+    workloads: list[str] | None = None  # None: every registered workload that applies to the model, by default
     fallbacks: list[str] = dataclasses.field(default_factory=list)  # Linear module names kept in float
     fallbacks_source: str = "a given list"
     repeats: int = 5
@@ -122,7 +122,7 @@ def _drop_variants_without_workloads(variants: list[Variant], workloads) -> list
 
 def _select_workloads(settings: BenchmarkSettings, config, preset_sizes: dict) -> dict[str, dict]:
     """{workload name: its sizes} for the workloads to run."""
-    names = settings.workloads or [name for name, w in WORKLOADS.items() if w.applies(config)]
+    names = settings.workloads or [name for name, w in WORKLOADS.items() if w.by_default and w.applies(config)]
     unknown = [name for name in names if name not in WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload(s) {unknown}; known: {sorted(WORKLOADS)}")

@@ -5,6 +5,8 @@ one timed call. Add one with ``register_workload``; a preset may override the si
 """
 
 import dataclasses
+import os
+import tempfile
 from collections.abc import Callable
 
 import torch
@@ -24,6 +26,8 @@ class Workload:
     # leaves out the time of ``includes``, a workload this one runs first (a decode's prefill), when both were timed.
     tokens: Callable[[dict], int] | None = None
     includes: str | None = None
+    # False: run only when named (--workloads), as the first-call workloads, which compile from cold caches.
+    by_default: bool = True
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -92,6 +96,28 @@ def _encode(model, inputs, sizes):
     return model.get_encoder()(**inputs)
 
 
+def cold_first_call(call: Callable[[], object]) -> object:
+    """``call()`` as the first call of a fresh process on a machine that never compiled this model: torch's compiled
+    graphs are dropped and inductor's caches point at an empty directory, so a model that compiles (lazily, or under
+    ``torch.compile``) pays its whole compile again. A model that does not compile just runs."""
+    from torch._inductor import codecache
+
+    torch.compiler.reset()
+    for cache in (codecache.PyCodeCache, codecache.CppCodeCache):
+        cache.cache_clear()
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="optimum-int8-first-call-") as cold_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold_cache
+        try:
+            return call()
+        finally:
+            if previous is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+            torch.compiler.reset()
+
+
 register_workload(Workload(
     "greedy",
     lambda s: f"greedy {s['prompt_length']}→{s['new_tokens']}, bs {s.get('batch', 1)}",
@@ -126,4 +152,15 @@ register_workload(Workload(
     _is_seq2seq,
     lambda config, s, generator: random_token_ids(config, s["batch"], s["length"], generator),
     _encode,
+))
+# The encoder's first call with every compile cache cold: what a compiled encoder costs once per machine. Named
+# only (--workloads first-encoder --repeats 1 --warmup 0); OpenVINO variants compile when loaded instead.
+register_workload(Workload(
+    "first-encoder",
+    lambda s: f"first encoder call {s['batch']}x{s['length']}",
+    dict(batch=4, length=512),
+    _is_seq2seq,
+    lambda config, s, generator: random_token_ids(config, s["batch"], s["length"], generator),
+    lambda model, inputs, sizes: cold_first_call(lambda: _encode(model, inputs, sizes)),
+    by_default=False,
 ))

@@ -16,12 +16,9 @@ runner, interleaved, so the ratios come from one run:
   weights, its activation ranges recorded by a calibration pass (RoBERTa checkpoints only).
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from torch._inductor import codecache
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -33,7 +30,7 @@ from transformers import (
 
 from ..benchmark.presets import ModelPreset, register_preset
 from ..benchmark.variants import Variant, load_float32, load_int8, model_class, register_variant
-from ..benchmark.workloads import Workload, is_encoder_only, random_token_ids, register_workload
+from ..benchmark.workloads import Workload, cold_first_call, is_encoder_only, random_token_ids, register_workload
 from ..configuration import Int8Config
 from ..quantizer import quantize_model
 from .modules import compile_integer_layers
@@ -106,23 +103,8 @@ register_variant(Variant("ibert-simulation", "transformers I-BERT sim", "transfo
                          "(float simulation of integer arithmetic), same weights", build_ibert_simulation, load_float32))
 
 def _first_forward(model, inputs, sizes):
-    """A forward pass as the first call of a fresh process on a machine that never compiled this model: torch's
-    compiled graphs are dropped and inductor's caches point at an empty directory, so a lazily compiled model
-    pays its whole compile again. A model that does not compile runs a plain forward."""
-    torch.compiler.reset()
-    for cache in (codecache.PyCodeCache, codecache.CppCodeCache):
-        cache.cache_clear()
-    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    with tempfile.TemporaryDirectory(prefix="ibert-first-call-") as cold_cache:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold_cache
-        try:
-            return model(**inputs)
-        finally:
-            if previous is None:
-                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-            else:
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
-            torch.compiler.reset()
+    """A forward pass as the first call of a fresh process, compile caches cold (``cold_first_call``)."""
+    return cold_first_call(lambda: model(**inputs))
 
 
 register_workload(Workload(
@@ -132,6 +114,7 @@ register_workload(Workload(
     is_encoder_only,
     lambda config, s, generator: random_token_ids(config, s["batch"], s["length"], generator),
     _first_forward,
+    by_default=False,
 ))
 
 register_workload(Workload(
