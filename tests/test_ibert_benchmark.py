@@ -28,7 +28,7 @@ def test_ibert_variants_run_in_one_benchmark(tmp_path):
     ))
     assert [variant.name for variant in result.variants] == ["fp32", "ibert", "ibert-eager", "ibert-simulation"]
     assert all(variant.seconds[name][0] > 0 for variant in result.variants for name in ("forward", "first-forward"))
-    assert result.workloads == {"forward": "forward 2x32", "first-forward": "first call 2x32"}
+    assert result.workloads == {"forward": "forward 2x32", "first-forward": "first call, forward 2x32"}
 
     checkpoints = tmp_path / "roberta-tiny-seed0"
     integer = VARIANTS["ibert"].load(checkpoints / "ibert")

@@ -96,6 +96,16 @@ def _encode(model, inputs, sizes):
     return model.get_encoder()(**inputs)
 
 
+def cold_first_call_workload(workload: Workload, name: str) -> Workload:
+    """``workload`` timed as a first call with every compile cache cold (``cold_first_call``): what a model that
+    compiles pays once per machine. It runs only when named (``--workloads NAME --repeats 1 --warmup 0``): clearing
+    the caches inside a default run would distort the other timings. OpenVINO compiles when loading instead."""
+    return dataclasses.replace(
+        workload, name=name, title=lambda sizes: f"first call, {workload.title(sizes)}",
+        run=lambda model, inputs, sizes: cold_first_call(lambda: workload.run(model, inputs, sizes)), by_default=False,
+    )
+
+
 def cold_first_call(call: Callable[[], object]) -> object:
     """``call()`` as the first call of a fresh process on a machine that never compiled this model: torch's compiled
     graphs are dropped and inductor's caches point at an empty directory, so a model that compiles (lazily, or under
@@ -153,14 +163,4 @@ register_workload(Workload(
     lambda config, s, generator: random_token_ids(config, s["batch"], s["length"], generator),
     _encode,
 ))
-# The encoder's first call with every compile cache cold: what a compiled encoder costs once per machine. Named
-# only (--workloads first-encoder --repeats 1 --warmup 0); OpenVINO variants compile when loaded instead.
-register_workload(Workload(
-    "first-encoder",
-    lambda s: f"first encoder call {s['batch']}x{s['length']}",
-    dict(batch=4, length=512),
-    _is_seq2seq,
-    lambda config, s, generator: random_token_ids(config, s["batch"], s["length"], generator),
-    lambda model, inputs, sizes: cold_first_call(lambda: _encode(model, inputs, sizes)),
-    by_default=False,
-))
+register_workload(cold_first_call_workload(WORKLOADS["encoder"], "first-encoder"))

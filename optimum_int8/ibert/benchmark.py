@@ -30,7 +30,14 @@ from transformers import (
 
 from ..benchmark.presets import ModelPreset, register_preset
 from ..benchmark.variants import Variant, load_float32, load_int8, model_class, register_variant
-from ..benchmark.workloads import Workload, cold_first_call, is_encoder_only, random_token_ids, register_workload
+from ..benchmark.workloads import (
+    WORKLOADS,
+    Workload,
+    cold_first_call_workload,
+    is_encoder_only,
+    random_token_ids,
+    register_workload,
+)
 from ..configuration import Int8Config
 from ..quantizer import quantize_model
 from .modules import compile_integer_layers
@@ -102,21 +109,6 @@ register_variant(Variant("fp32-compiled", "torch fp32 compiled", "the fp32 model
 register_variant(Variant("ibert-simulation", "transformers I-BERT sim", "transformers' IBert with quant_mode=True "
                          "(float simulation of integer arithmetic), same weights", build_ibert_simulation, load_float32))
 
-def _first_forward(model, inputs, sizes):
-    """A forward pass as the first call of a fresh process, compile caches cold (``cold_first_call``)."""
-    return cold_first_call(lambda: model(**inputs))
-
-
-register_workload(Workload(
-    "first-forward",
-    lambda s: f"first call {s['batch']}x{s['length']}",
-    dict(batch=8, length=128),
-    is_encoder_only,
-    lambda config, s, generator: random_token_ids(config, s["batch"], s["length"], generator),
-    _first_forward,
-    by_default=False,
-))
-
 register_workload(Workload(
     "forward",
     lambda s: f"forward {s['batch']}x{s['length']}",
@@ -125,6 +117,7 @@ register_workload(Workload(
     lambda config, s, generator: random_token_ids(config, s["batch"], s["length"], generator),
     lambda model, inputs, sizes: model(**inputs),
 ))
+register_workload(cold_first_call_workload(WORKLOADS["forward"], "first-forward"))
 
 register_preset(ModelPreset(
     "roberta-base",
