@@ -181,9 +181,18 @@ def test_the_eager_decode_variant_loads_the_weight_only_checkpoint_without_gener
     PRESETS["tiny-llama"].save(tmp_path / "fp32", seed=0)
     compiled, eager = VARIANTS["int8-weight-only"], VARIANTS["int8-weight-only-eager"]
     fast = compiled.load(compiled.checkpoint(tmp_path / "fp32", tmp_path))
+    assert eager.checkpoint(tmp_path / "fp32", tmp_path) == compiled.checkpoint(tmp_path / "fp32", tmp_path)
     plain = eager.load(eager.checkpoint(tmp_path / "fp32", tmp_path))
     assert fast.generation_config.compile_config is not None and fast.generation_config.cache_implementation == "static"
     assert plain.generation_config.compile_config is None and plain.generation_config.cache_implementation is None
+
+
+def test_variants_that_only_load_differently_share_one_checkpoint(tmp_path):
+    PRESETS["tiny"].save(tmp_path / "fp32", seed=0)
+    static, compiled = VARIANTS["int8-static-smoothquant"], VARIANTS["int8-static-smoothquant-compiled"]
+    directory = static.checkpoint(tmp_path / "fp32", tmp_path / "work")
+    assert compiled.checkpoint(tmp_path / "fp32", tmp_path / "work") == directory
+    assert sorted(path.name for path in (tmp_path / "work").iterdir()) == ["int8-static-smoothquant"]
 
 
 def test_profile_categories_count_weight_only_gemms_and_compiled_regions():

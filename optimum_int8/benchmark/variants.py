@@ -34,6 +34,9 @@ class Variant:
     requires: tuple[str, ...] = ()  # importable modules it needs, from an optional extra
     extra: str = ""  # the optimum-int8 extra that installs ``requires``
     workloads: tuple[str, ...] | None = None  # the workloads its model can run; None: every one
+    # The directory under the workdir it builds into; None: its name. A variant that only loads another's
+    # checkpoint differently (eager decode, a compiled encoder) names that one, so the checkpoint is built once.
+    checkpoint_name: str | None = None
 
     def missing_requirements(self) -> list[str]:
         return [module for module in self.requires if importlib.util.find_spec(module) is None]
@@ -50,7 +53,7 @@ class Variant:
         """This variant's checkpoint, built once into ``workdir`` (the fp32 variant uses ``fp32_dir``)."""
         if self.build is None:
             return fp32_dir
-        target = workdir / self.name
+        target = workdir / (self.checkpoint_name or self.name)
         if not (target / "config.json").is_file():
             with staged_directory(target, carry_over=False) as staging:
                 self.build(fp32_dir, staging)
@@ -162,7 +165,7 @@ register_variant(dataclasses.replace(
     VARIANTS["int8-weight-only"], name="int8-weight-only-eager", label="int8_weight_only, eager decode",
     description="optimum-int8 int8_weight_only with transformers' default generation: dynamic KV cache, eager decode "
                 "steps (no compiled step)",
-    load=load_int8_eager_decode,
+    load=load_int8_eager_decode, checkpoint_name="int8-weight-only",
 ))
 register_variant(int8_variant("int8-static-smoothquant", "int8_static + SmoothQuant 0.5",
                               "optimum-int8 int8_static with SmoothQuant (alpha 0.5), calibrated like openvino-int8",
@@ -171,5 +174,5 @@ register_variant(dataclasses.replace(
     VARIANTS["int8-static-smoothquant"], name="int8-static-smoothquant-compiled",
     label="int8_static + SmoothQuant 0.5, compiled encoder",
     description="int8-static-smoothquant with its encoder under torch.compile (the whole model for encoder-only ones)",
-    load=load_int8_compiled_encoder,
+    load=load_int8_compiled_encoder, checkpoint_name="int8-static-smoothquant",
 ))
