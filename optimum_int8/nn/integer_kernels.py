@@ -82,20 +82,21 @@ def pack(weight_t: torch.Tensor) -> IntegerWeight:
 
 
 def int8_linear(x: torch.Tensor, weight: IntegerWeight) -> torch.Tensor:
-    """int32 ``x @ weight_t`` for int8 ``x`` [M, in]."""
+    """The exact integer ``x @ weight_t`` for int8 ``x`` [M, in]: fp32 from oneDNN (exact, see ``exact_in_fp32``) or
+    int32 from ``torch._int_mm``, as each kernel writes it (a conversion would cost a pass)."""
     if weight.onednn is None:
         return torch._int_mm(x, weight.weight_t)
-    return onednn.integer_product(x, weight.onednn).to(torch.int32)
+    return onednn.integer_product(x, weight.onednn)
 
 
 def integer_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact int32 batched product of small integer tensors ``a`` [..., M, K] and ``b`` [..., K, N].
+    """Exact batched product, as fp32 holding the integer sums, of small integer tensors ``a`` [..., M, K] and ``b`` [..., K, N].
 
     Runs on fp32 ``matmul``: fp32 holds every integer up to 2**24 exactly, and no partial sum exceeds
     ``K * max|a| * max|b|``, which the callers keep below 2**24 (K=64 head dims of int8 for Q.K^T; up to
     512 keys of 9-bit probabilities times int8 values for P.V). Any summation order is then exact.
     """
-    return torch.matmul(a.to(torch.float32), b.to(torch.float32)).to(torch.int32)
+    return torch.matmul(a.to(torch.float32), b.to(torch.float32))
 
 
 def check_bmm_exact(depth: int, max_abs_a: int, max_abs_b: int, what: str) -> None:
