@@ -9,18 +9,9 @@ from transformers import BertConfig, BertForTokenClassification, IBertConfig, IB
 import optimum_int8
 from optimum_int8 import Int8Config, quantize_model
 from optimum_int8.ibert import calibrate, scales_from_ibert
-from optimum_int8.ibert import compilation
 from optimum_int8.nn import integer_ops as ops
 
 VOCAB = 99
-
-
-@pytest.fixture(autouse=True)
-def eager_integer_layers():
-    """These tests check numerics and loading, the same compiled or not: eager keeps them free of compile time
-    (test_ibert_compilation.py runs the compiled path)."""
-    with compilation.eager():
-        yield
 
 
 def _config(layers: int, quant_mode: bool) -> IBertConfig:

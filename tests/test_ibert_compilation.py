@@ -1,5 +1,5 @@
-"""The default, lazily compiled path of integer-only models (ibert/compilation.py): bit-identical to eager, one
-compile for every batch size and sequence length, and an eager fallback with exactly one warning."""
+"""The default fast path of integer-only models (ibert/compilation.py): native kernels, bit-identical to eager for every
+batch size, sequence length and mask, and an eager fallback with exactly one warning."""
 
 import copy
 import warnings
@@ -10,7 +10,7 @@ from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from optimum_int8 import Int8Config, quantize_model
 from optimum_int8.ibert import compilation, compile_integer_layers
-from optimum_int8.nn import runtime
+from optimum_int8.nn import integer_native, runtime
 from optimum_int8.nn.kernels import onednn
 from optimum_int8.nn.kernels.capabilities import CpuCapabilities, detect, overridden
 
@@ -19,10 +19,13 @@ VOCAB = 99
 
 @pytest.fixture
 def fresh_state(monkeypatch):
-    """A process state where compiling has not failed yet (and is not switched off by the environment)."""
+    """A process state that has not warned yet (and where the fast path is not switched off by the environment)."""
     monkeypatch.setattr(compilation, "_STATE", compilation._State())
     monkeypatch.delenv(compilation.COMPILE_ENV, raising=False)
     return compilation._STATE
+
+
+needs_native = pytest.mark.skipif(integer_native.load() is None, reason="no C++ compiler for the native kernels")
 
 
 def _integer_roberta():
@@ -44,22 +47,21 @@ def _padded_batch(batch: int, length: int, seed: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def test_compiled_outputs_are_bit_identical_and_new_shapes_do_not_recompile(fresh_state):
+@needs_native
+def test_the_fast_path_is_bit_identical_to_eager_for_every_shape_and_mask(fresh_state):
     model = _integer_roberta()
-    assert model.roberta.encoder.compiled and model.roberta.embeddings.compiled  # the default after quantizing
+    assert model.roberta.encoder.fast_path and model.roberta.embeddings.fast_path  # the default after quantizing
     shapes = [(3, 12), (3, 20), (1, 9), (5, 33)]
     with torch.no_grad():
-        compiled = [model.roberta(**_padded_batch(b, n, seed)).last_hidden_state for seed, (b, n) in enumerate(shapes)]
-        graphs = compilation.compile_statistics()["graphs"]
+        fast = [model.roberta(**_padded_batch(b, n, seed)).last_hidden_state for seed, (b, n) in enumerate(shapes)]
         with compilation.eager():
             eager = [model.roberta(**_padded_batch(b, n, seed)).last_hidden_state for seed, (b, n) in enumerate(shapes)]
-    assert fresh_state.failure is None
-    # The embeddings and one graph for every layer, shared by all the batch sizes and lengths above.
-    assert graphs == 2 and compilation.compile_statistics()["seconds"] > 0
-    for got, expected in zip(compiled, eager):
+    assert not fresh_state.warned and compilation.load_statistics()["kernels"] == integer_native.library_path()
+    for got, expected in zip(fast, eager):
         assert torch.equal(got, expected)
 
 
+@needs_native
 @pytest.mark.skipif(onednn.unavailable_reason(detect()) is not None, reason="oneDNN's int8 GEMM needs VNNI or AMX")
 def test_outputs_do_not_depend_on_the_integer_gemm_kernel(fresh_state):
     model = _integer_roberta()
@@ -74,58 +76,47 @@ def test_outputs_do_not_depend_on_the_integer_gemm_kernel(fresh_state):
     assert runtime.describe(reference) == "integer GEMMs: torch._int_mm x8"
     batch = _padded_batch(3, 20, seed=7)
     with torch.no_grad():
-        compiled = model.roberta(**batch).last_hidden_state
+        fast = model.roberta(**batch).last_hidden_state
         with compilation.eager():
             eager = reference.roberta(**batch).last_hidden_state
-    assert fresh_state.failure is None
-    assert torch.equal(compiled, eager)
+    assert torch.equal(fast, eager)
     with torch.no_grad(), compilation.eager():  # a copy repacks the same codes for the same kernels
         assert torch.equal(copy.deepcopy(model).roberta(**batch).last_hidden_state, eager)
 
 
-def test_a_failing_compiler_falls_back_to_eager_with_exactly_one_warning(fresh_state, monkeypatch):
-    def broken_compile(function, **options):
-        def compiled(*args):
-            raise RuntimeError("C++ compile error: g++ not found")
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    double = compilation.CompiledFunction(lambda x: x * 2, dynamic={0: (0,)})
-    triple = compilation.CompiledFunction(lambda x: x * 3, dynamic={})
-    x = torch.arange(6).reshape(2, 3)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        results = [double(x), double(x), triple(x)]
+def test_a_machine_without_a_compiler_runs_eagerly_with_exactly_one_warning(fresh_state, monkeypatch, tmp_path):
+    monkeypatch.setenv(integer_native.CACHE_ENV, str(tmp_path))  # nothing built here yet
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    integer_native.forget()
+    model = _integer_roberta()
+    batch = _padded_batch(3, 12, seed=1)
+    try:
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            outputs = [model.roberta(**batch).last_hidden_state for _ in range(2)]
+        with torch.no_grad(), compilation.eager():
+            eager = model.roberta(**batch).last_hidden_state
+    finally:
+        monkeypatch.undo()
+        integer_native.forget()
     assert [w.category for w in caught] == [compilation.IntegerCompileWarning]
-    assert "g++ not found" in str(caught[0].message)
-    assert all(torch.equal(r, x * k) for r, k in zip(results, (2, 2, 3)))
-    assert not compilation.compile_enabled() and "RuntimeError" in fresh_state.failure
+    assert "no-such-compiler" in str(caught[0].message) and compilation.COMPILE_ENV in str(caught[0].message)
+    assert all(torch.equal(output, eager) for output in outputs)
+    assert compilation.load_statistics()["kernels"] is None
 
 
-def test_an_error_of_the_inputs_is_raised_not_taken_for_a_compiler_failure(fresh_state):
-    def needs_matching_shapes(a, b):
-        return a + b
-
-    function = compilation.CompiledFunction(needs_matching_shapes, dynamic={})
-    with pytest.raises(RuntimeError, match="size of tensor"):
-        function(torch.ones(2), torch.ones(3))
-    assert fresh_state.failure is None and compilation.compile_enabled()
-
-
-def test_compiling_is_switched_off_by_the_environment_the_model_and_eager(fresh_state, monkeypatch):
-    calls = []
-    monkeypatch.setattr(torch, "compile", lambda function, **options: calls.append(function) or function)
-    function = compilation.CompiledFunction(lambda x: x + 1, dynamic={})
+def test_the_fast_path_is_switched_off_by_the_environment_the_model_eager_and_a_trace(fresh_state, monkeypatch):
     monkeypatch.setenv(compilation.COMPILE_ENV, "0")
-    assert not compilation.compile_enabled() and torch.equal(function(torch.zeros(1)), torch.ones(1))
+    assert not compilation.fast_path_ready()
     monkeypatch.delenv(compilation.COMPILE_ENV)
     with compilation.eager():
-        assert not compilation.compile_enabled() and torch.equal(function(torch.zeros(1)), torch.ones(1))
-    assert calls == []
-    assert compilation.compile_enabled() and torch.equal(function(torch.zeros(1)), torch.ones(1)) and len(calls) == 1
+        assert not compilation.fast_path_ready()
+    assert compilation.fast_path_ready() == (integer_native.load() is not None)
+    traced = torch.compile(lambda x: x + int(compilation.fast_path_ready()), fullgraph=True, backend="eager")
+    assert torch.equal(traced(torch.zeros(1)), torch.zeros(1))  # inside a trace: the reference ops, which trace
 
     model = compile_integer_layers(_integer_roberta(), enabled=False)
-    assert not model.roberta.encoder.compiled and not model.roberta.embeddings.compiled
-    assert compile_integer_layers(model).roberta.encoder.compiled
+    assert not model.roberta.encoder.fast_path and not model.roberta.embeddings.fast_path
+    assert compile_integer_layers(model).roberta.encoder.fast_path
     with pytest.raises(ValueError, match="no integer-only modules"):
         compile_integer_layers(torch.nn.Linear(2, 2))

@@ -23,7 +23,6 @@ from optimum_int8 import Int8Config, quantize_model
 from optimum_int8.checkpoint import CheckpointError
 from optimum_int8.configuration import ConfigError
 from optimum_int8.ibert import IntegerEmbeddings, IntegerEncoder
-from optimum_int8.ibert import compilation
 from optimum_int8.nn.integer_layers import IntegerLinear
 
 from conftest import VOCAB, run
@@ -43,14 +42,6 @@ HEADS = {
     "TokenClassification": (AutoModelForTokenClassification, optimum_int8.INCModelForTokenClassification),
     "QuestionAnswering": (AutoModelForQuestionAnswering, optimum_int8.INCModelForQuestionAnswering),
 }
-
-
-@pytest.fixture(autouse=True)
-def eager_integer_layers():
-    """These tests check numerics and loading, the same compiled or not: eager keeps them free of compile time
-    (test_ibert_compilation.py runs the compiled path)."""
-    with compilation.eager():
-        yield
 
 
 def _inputs(head: str, seed: int) -> dict:

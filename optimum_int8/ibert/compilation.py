@@ -1,55 +1,45 @@
-"""Automatic, lazy ``torch.compile`` of the integer-only encoder: what makes a loaded ibert model fast by default.
+"""The fast path of the integer-only encoder, on by default: what makes a loaded ibert model fast without a step of the
+user's own.
 
-Eager PyTorch runs every integer op of a layer (requantization, i-exp softmax, i-GELU, integer LayerNorm) as
-its own pass over int64 tensors; inductor fuses each stage into one vectorized loop, about 5x faster. So the
-embeddings and every encoder layer run through a ``CompiledFunction``: the first call of a process compiles (one
-graph shared by all layers of every model with the same sizes), later calls reuse it. The batch and sequence
-dimensions are marked dynamic, so new sequence lengths do not recompile (a batch of one is its own graph:
-torch specializes sizes 0 and 1). Integer arithmetic makes the compiled outputs bit-identical to eager ones.
+Eager PyTorch runs every integer op of a layer (requantization, i-exp softmax, i-GELU, integer LayerNorm) as its own
+pass over int64 tensors. The fast path runs each of these stages as one row-fused native loop instead
+(``nn/integer_native.py``): the first call of a process loads them, and on a machine that never ran them compiles
+them first (about a second, once; no graph per shape, so every batch size and sequence length runs at once). The
+loops do the reference's integer arithmetic, so outputs are bit-identical to the eager path.
 
-Where compiling cannot work (no C++ compiler, a torch or Python that inductor does not support), the first
-failing call runs eagerly, one ``IntegerCompileWarning`` says why, and the process stays eager from then on.
-``OPTIMUM_INT8_COMPILE=0`` (read on every call) or ``compile_integer_layers(model, enabled=False)`` runs eagerly
-without trying.
+Where the kernels cannot be built (no C++ compiler), the first call runs eagerly, one ``IntegerCompileWarning`` says
+why, and the process stays eager from then on. ``OPTIMUM_INT8_COMPILE=0`` (read on every call) or
+``compile_integer_layers(model, enabled=False)`` runs eagerly without trying. Inside a user's own ``torch.compile`` of
+the whole model the layers run the reference ops, which trace.
 """
 
 import contextlib
 import time
 import warnings
-from collections.abc import Callable
 
 import torch
 
 from ..compilation import COMPILE_ENV, compile_switched_off
-# Newton's square root and the bit-length search of the integer LayerNorm read each step's value two or three
-# times; inductor inlines such chains into one expression and then traces it once per read, exponentially
-# (inductor's CPU default realizes only chains of over 50 ops). Realizing every reused value of over 20 ops
-# cut the first call on RoBERTa-base from 63 s to 27 s (2 cores), at the same speed afterwards; 8 ran 30% slower.
-INDUCTOR_OPTIONS = {"realize_opcount_threshold": 20}
+from ..nn import integer_native
 
 
 class IntegerCompileWarning(UserWarning):
-    """torch.compile failed on this machine: the integer-only layers run eagerly (correct, several times slower)."""
+    """The native integer kernels cannot be built here: the integer-only layers run eagerly (correct, several times
+    slower)."""
 
 
 class _State:
-    failure: str | None = None  # why compiling failed in this process; None while it works (or was not tried)
+    warned: bool = False  # the one warning of a failed build was given
     forced_eager: int = 0  # depth of ``eager()`` contexts
-    compile_seconds: float = 0.0  # wall time of the calls that compiled a new graph, summed over the process
-    compiled_graphs: int = 0
+    load_seconds: float | None = None  # wall time of the first load (and build, where the cache was empty)
 
 
 _STATE = _State()
 
 
-def compile_enabled() -> bool:
-    """Whether integer layers compile in this process now (no failure yet, not switched off)."""
-    return _STATE.failure is None and not _STATE.forced_eager and not compile_switched_off()
-
-
 @contextlib.contextmanager
 def eager():
-    """Run every integer layer eagerly inside this block (tests; comparing against the compiled path)."""
+    """Run every integer layer eagerly on the reference ops inside this block (tests; comparing against the fast path)."""
     _STATE.forced_eager += 1
     try:
         yield
@@ -57,72 +47,28 @@ def eager():
         _STATE.forced_eager -= 1
 
 
-def compile_statistics() -> dict:
-    """``{"graphs": n, "seconds": s}``: graphs compiled by ``CompiledFunction`` in this process and the wall time of the
-    calls that compiled them (tracing, inductor and the C++ compiler, plus that call's own run)."""
-    return {"graphs": _STATE.compiled_graphs, "seconds": _STATE.compile_seconds}
+def fast_path_ready() -> bool:
+    """Whether integer layers run on the native kernels now: not switched off, not forced eager, not inside a
+    ``torch.compile`` trace (their ctypes calls do not trace), and built and loaded (on the first call that asks)."""
+    if torch.compiler.is_compiling() or _STATE.forced_eager or compile_switched_off():
+        return False
+    start = time.perf_counter()
+    ready = integer_native.load() is not None
+    if _STATE.load_seconds is None:
+        _STATE.load_seconds = time.perf_counter() - start
+    if not ready and not _STATE.warned:
+        _STATE.warned = True
+        warnings.warn(
+            f"the native integer kernels cannot be built here ({integer_native.unavailable_reason()}); integer-only "
+            f"(ibert) layers run eagerly from now on: same outputs, several times slower. A C++ compiler (g++, or $CXX) "
+            f"makes them fast; set {COMPILE_ENV}=0 to skip the attempt.",
+            IntegerCompileWarning,
+            stacklevel=3,
+        )
+    return ready
 
 
-def _mark_dynamic(tensor: torch.Tensor | None, dims: tuple[int, ...]) -> None:
-    if tensor is None:
-        return
-    for dim in dims:
-        if tensor.shape[dim] > 1:
-            torch._dynamo.maybe_mark_dynamic(tensor, dim)
-
-
-def _graph_count() -> int:
-    # Dynamo counts the graphs it compiled in this process; a call that raises the count compiled one.
-    return torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)
-
-
-class CompiledFunction:
-    """``function`` under ``torch.compile``, built on first use; ``dynamic`` maps argument positions to the dims to
-    mark dynamic (batch, sequence)."""
-
-    def __init__(self, function: Callable, dynamic: dict[int, tuple[int, ...]]):
-        self.function = function
-        self.dynamic = dynamic
-        self._compiled = None
-
-    def _build(self):
-        if self._compiled is None:
-            self._compiled = torch.compile(self.function, dynamic=None, options=dict(INDUCTOR_OPTIONS))
-        return self._compiled
-
-    def __call__(self, *args):
-        if torch.compiler.is_compiling():  # inside a user's own torch.compile of the whole model: let it trace
-            return self.function(*args)
-        if not compile_enabled():
-            return self.function(*args)
-        try:
-            compiled = self._build()
-            for position, dims in self.dynamic.items():
-                _mark_dynamic(args[position], dims)
-            before = _graph_count()
-            start = time.perf_counter()
-            # No gradients for integer tensors: one grad mode, one graph. Size-oblivious sizes: a batch of one
-            # runs the same graph as a batch of eight instead of compiling its own (torch specializes 0 and 1).
-            with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
-                result = compiled(*args)
-            if _graph_count() != before:
-                _STATE.compiled_graphs += _graph_count() - before
-                _STATE.compile_seconds += time.perf_counter() - start
-            return result
-        except Exception as error:  # noqa: BLE001: any compiler failure falls back; a genuine error re-raises below
-            result = self.function(*args)  # an error of the inputs themselves raises here, as it would eagerly
-            _fall_back(error)
-            return result
-
-
-def _fall_back(error: Exception) -> None:
-    if _STATE.failure is not None:
-        return
-    _STATE.failure = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-    warnings.warn(
-        f"torch.compile does not work here ({_STATE.failure[:300]}); integer-only (ibert) layers run eagerly from now "
-        f"on: same outputs, several times slower. A C++ compiler (g++) and a torch release that supports this Python "
-        f"make them fast; set {COMPILE_ENV}=0 to skip the attempt.",
-        IntegerCompileWarning,
-        stacklevel=3,
-    )
+def load_statistics() -> dict:
+    """``{"seconds": s, "kernels": path}``: how long this process took to load the native kernels (building them
+    first where the cache was empty), None before the first call, and the library file (None where it failed)."""
+    return {"seconds": _STATE.load_seconds, "kernels": integer_native.library_path()}

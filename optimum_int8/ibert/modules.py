@@ -13,7 +13,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 from ..nn import integer_ops as ops
 from ..nn.integer_layers import IntegerEmbedding, IntegerEncoderLayer, IntegerLayerNorm, _ScaledModule
 from .architecture import EncoderFamily, check_sequence_length
-from .compilation import CompiledFunction
+from .compilation import fast_path_ready
 
 EMBEDDING_TABLES = ("word_embeddings", "position_embeddings", "token_type_embeddings")
 
@@ -26,11 +26,11 @@ class IntegerEmbeddings(_ScaledModule):
     """Word + position + token-type lookups in int8, summed to 16 bits, integer LayerNorm, int8 out.
 
     Returns the dequantized float hidden states (and, for I-BERT, their scale) to the base model's forward.
-    ``compiled``: run through ``torch.compile`` (``compilation``), the default.
+    ``fast_path``: run on the native integer kernels (``compilation``), the default.
     """
 
     scale_bits = {"sum": 16, "output": 8}
-    compiled = True
+    fast_path = True
 
     def __init__(self, config, family: EncoderFamily, activation_scales: dict, device=None):
         super().__init__(activation_scales)
@@ -66,27 +66,19 @@ class IntegerEmbeddings(_ScaledModule):
             position_ids = self._position_ids(input_ids, cache_length)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        embed = _compiled_embed if self.compiled else _embed
-        hidden = embed(self, input_ids, position_ids, token_type_ids)
+        hidden = _embed(self, input_ids, position_ids, token_type_ids, native=self.fast_path and fast_path_ready())
         if self.return_scale:
             return hidden, torch.tensor([self.activation_scales["output"]])
         return hidden
 
 
-def _embed(embeddings: IntegerEmbeddings, input_ids, position_ids, token_type_ids) -> torch.Tensor:
+def _embed(embeddings: IntegerEmbeddings, input_ids, position_ids, token_type_ids, native: bool) -> torch.Tensor:
     lookups = (embeddings.word_embeddings(input_ids), embeddings.position_embeddings(position_ids),
                embeddings.token_type_embeddings(token_type_ids))
-    summed = ops.requantize_sum(zip(lookups, embeddings.multipliers), embeddings.offset, embeddings.shift, 16)
-    return dequantize(embeddings.LayerNorm(summed), embeddings.activation_scales["output"])
+    terms = list(zip(lookups, embeddings.multipliers))
+    codes = embeddings.LayerNorm.after_sum(terms, embeddings.offset, embeddings.shift, 16, native)
+    return dequantize(codes, embeddings.activation_scales["output"])
 
-
-def _layer(layer: IntegerEncoderLayer, codes: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    return layer(codes, keep)
-
-
-# One compiled function each, shared by every model of the process: batch and sequence dims dynamic.
-_compiled_embed = CompiledFunction(_embed, dynamic={1: (0, 1), 2: (0, 1), 3: (0, 1)})
-_compiled_layer = CompiledFunction(_layer, dynamic={1: (0, 1), 2: (0, 3)})
 
 
 def keep_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -116,10 +108,10 @@ class IntegerEncoder(nn.Module):
     """The stack of ``IntegerEncoderLayer``: quantizes its input once, runs every layer on int8, dequantizes once.
 
     ``scales`` maps paths relative to this module (``layer.0.attention.self``, ...) to activation scales.
-    ``compiled``: run the layers through ``torch.compile`` (``compilation``), the default.
+    ``fast_path``: run the layers on the native integer kernels (``compilation``), the default.
     """
 
-    compiled = True
+    fast_path = True
 
     def __init__(self, config, scales: dict[str, dict], device=None):
         super().__init__()
@@ -154,22 +146,22 @@ class IntegerEncoder(nn.Module):
         check_sequence_length(hidden_states.shape[1])
         codes = self.input(hidden_states)
         keep = keep_mask(attention_mask)
-        run = _compiled_layer if self.compiled else _layer
+        native = self.fast_path and fast_path_ready()
         for layer in self.layer:
-            codes = run(layer, codes, keep)
+            codes = layer(codes, keep, native)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=dequantize(codes, self.output_scale))
 
 
 def compile_integer_layers(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Run the integer embeddings and encoder layers of ``model`` through ``torch.compile`` (the default after
-    loading or quantizing), or eagerly with ``enabled=False``; returns ``model``.
+    """Run the integer embeddings and encoder layers of ``model`` on the native integer kernels (the default after
+    loading or quantizing), or eagerly on the reference ops with ``enabled=False``; returns ``model``.
 
-    Compiling is lazy: the first call of a process compiles (``compilation``), and all encoder layers share
-    one graph. Integer arithmetic makes the outputs bit-identical either way.
+    The kernels are built once per machine and loaded by the first call of a process (``compilation``). Integer
+    arithmetic makes the outputs bit-identical either way.
     """
     modules = [m for m in model.modules() if isinstance(m, (IntegerEmbeddings, IntegerEncoder))]
     if not modules:
         raise ValueError(f"{type(model).__name__} has no integer-only modules; quantize it with Int8Config(scheme='ibert') first.")
     for module in modules:
-        module.compiled = enabled
+        module.fast_path = enabled
     return model

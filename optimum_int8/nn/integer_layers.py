@@ -5,6 +5,9 @@ in ``activation_scales``; ``prepare`` turns them, the int8 weights and the float
 parameters into the integer constants the forward pass uses (non-persistent buffers). Run ``prepare`` once
 the weights are loaded; the state dict holds only the stored tensors, never the derived constants.
 
+``forward(..., native=True)`` runs the elementwise stages on ``integer_native``'s row-fused loops (loaded by the
+caller), ``native=False`` on the ``integer_ops`` reference; both give the same integers.
+
 Submodule names follow BERT's (``attention.self.query``, ``attention.output.LayerNorm``, ...), so a
 checkpoint's tensor names are the float model's module names with ``weight_int8`` / ``weight_scale``.
 """
@@ -14,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from . import integer_kernels
+from . import integer_kernels, integer_native
 from . import integer_ops as ops
 from .int8_linear import INT8_MAX, Int8DynamicLinear
 
@@ -49,8 +52,8 @@ class _ScaledModule(nn.Module):
 class IntegerLinear(nn.Module):
     """int8 weight [out, in] with symmetric per-output-channel scales and a float bias.
 
-    ``forward`` returns the raw int32 accumulator of the integer GEMM; the bias and the rescaling are
-    folded into whatever integer op consumes it. State dict: ``weight_int8`` (int8 [out, in]),
+    ``forward`` returns the integer GEMM's exact accumulator (fp32 or int32, ``integer_kernels.int8_linear``); the
+    bias and the rescaling are folded into whatever integer op consumes it. State dict: ``weight_int8`` (int8 [out, in]),
     ``weight_scale`` (fp32 [out]), ``bias`` (fp32 [out], optional), quantized exactly like
     ``Int8DynamicLinear``.
     """
@@ -187,6 +190,15 @@ class IntegerLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.requantize(ops.integer_layernorm(x), self.multiplier, self.offset, self.shift, 8)
 
+    def after_sum(self, terms, offset: torch.Tensor, shift: torch.Tensor, bits: int, native: bool) -> torch.Tensor:
+        """LayerNorm of ``requantize_sum(terms, offset, shift, bits)``; ``terms`` are ``(tensor, multiplier)`` pairs,
+        at most one of them an accumulator (per-channel multipliers, first) and up to three int8 codes."""
+        if not native:
+            return self(ops.requantize_sum(terms, offset, shift, bits))
+        accumulator, multiplier = terms[0] if terms[0][0].dtype != torch.int8 else (None, None)
+        codes = [(x, int(m)) for x, m in terms if x.dtype == torch.int8]
+        return integer_native.residual_layernorm(accumulator, multiplier, codes, offset, int(shift), bits, self)
+
 
 class IntegerSelfAttention(_ScaledModule):
     """Q, K, V projections (one fused int8 GEMM), integer softmax, and the int8 context."""
@@ -216,8 +228,10 @@ class IntegerSelfAttention(_ScaledModule):
         self._constant("qkv_offset", ops.rounding_offset(shift, torch.cat(biases)))
         self._constant("qkv_shift", ops.as_constant(shift))
         score_scale = scales["query"] * scales["key"] / math.sqrt(self.head_size)
-        for name, value in ops.softmax_constants(score_scale, scales["exp"]).items():
+        softmax = ops.softmax_constants(score_scale, scales["exp"])
+        for name, value in softmax.items():
             self._constant(f"softmax_{name}", value)
+        self._constant("softmax_packed", torch.stack(list(softmax.values())))  # the native softmax's argument
         context_ratio = 2.0**-ops.SOFTMAX_BITS * scales["value"] / scales["context"]
         context_shift = ops.dyadic_shift(context_ratio, MAX_SEQUENCE * 2**ops.SOFTMAX_BITS * 128)
         self._constant("context_multiplier", ops.dyadic(context_ratio, context_shift))
@@ -225,9 +239,19 @@ class IntegerSelfAttention(_ScaledModule):
         self._constant("context_shift", ops.as_constant(context_shift))
         return scales["context"]
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None, native: bool = False) -> torch.Tensor:
         batch, length, hidden = x.shape
         accumulator = integer_kernels.int8_linear(x.reshape(batch * length, hidden), self.qkv)
+        if native:
+            query, key, value = integer_native.qkv_heads(
+                accumulator, self.qkv_multiplier, self.qkv_offset, int(self.qkv_shift), batch, length, self.num_heads
+            )
+            scores = integer_kernels.integer_bmm(query, key.transpose(-1, -2))
+            probabilities = integer_native.integer_softmax(scores, keep, self.softmax_packed)
+            context = integer_kernels.integer_bmm(probabilities, value)
+            return integer_native.context_codes(
+                context, int(self.context_multiplier), int(self.context_offset), int(self.context_shift)
+            )
         qkv = ops.requantize(accumulator, self.qkv_multiplier, self.qkv_offset, self.qkv_shift, 8)
         query, key, value = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
         scores = integer_kernels.integer_bmm(query, key.transpose(-1, -2))
@@ -266,10 +290,9 @@ class IntegerResidualOutput(_ScaledModule):
         self.LayerNorm.prepare(self.activation_scales["output"])
         return self.activation_scales["output"]
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        terms = ((self.dense(x), self.dense_multiplier), (residual, self.residual_multiplier))
-        summed = ops.requantize_sum(terms, self.offset, self.shift, 22)
-        return self.LayerNorm(summed)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor, native: bool = False) -> torch.Tensor:
+        terms = [(self.dense(x), self.dense_multiplier), (residual, self.residual_multiplier)]
+        return self.LayerNorm.after_sum(terms, self.offset, self.shift, 22, native)
 
 
 class IntegerIntermediate(_ScaledModule):
@@ -296,8 +319,16 @@ class IntegerIntermediate(_ScaledModule):
         self._constant("shift", ops.as_constant(shift))
         return self.activation_scales["output"]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gelu = ops.integer_gelu(self.dense(x) + self.bias_int, self.gelu_b, self.gelu_c, self.gelu_one, self.gelu_erf_shift)
+    def forward(self, x: torch.Tensor, native: bool = False) -> torch.Tensor:
+        accumulator = self.dense(x)
+        if native:
+            return integer_native.gelu_codes(
+                accumulator, self.bias_int, self.gelu_b, self.gelu_c, self.gelu_one, self.gelu_erf_shift,
+                self.multiplier, int(self.offset), int(self.shift),
+            )
+        gelu = ops.integer_gelu(
+            accumulator.to(ops.WIDE) + self.bias_int, self.gelu_b, self.gelu_c, self.gelu_one, self.gelu_erf_shift
+        )
         return ops.requantize(gelu, self.multiplier, self.offset, self.shift, 8)
 
 
@@ -334,6 +365,6 @@ class IntegerEncoderLayer(nn.Module):
         intermediate_scale = self.intermediate.prepare(attention_scale)
         return self.output.prepare(intermediate_scale, attention_scale)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        attention = self.attention.output(self.attention.self(x, keep), x)
-        return self.output(self.intermediate(attention), attention)
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None, native: bool = False) -> torch.Tensor:
+        attention = self.attention.output(self.attention.self(x, keep, native), x, native)
+        return self.output(self.intermediate(attention, native), attention, native)

@@ -1,0 +1,150 @@
+"""The native row-fused integer stages (nn/integer_native.py): the reference's integers for every stage, input and
+mask, and a build that is cached, atomic and reports why it failed."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from optimum_int8.ibert import calibrate
+from optimum_int8.nn import integer_native
+from optimum_int8.nn import integer_ops as ops
+from optimum_int8.nn.integer_layers import IntegerEncoderLayer, IntegerLayerNorm, IntegerLinear
+from optimum_int8.nn.kernels.capabilities import CpuCapabilities, detect, overridden
+
+HIDDEN, HEADS, FFN = 64, 4, 128
+
+pytestmark = pytest.mark.skipif(integer_native.load() is None, reason=f"no native kernels: {integer_native.unavailable_reason()}")
+
+
+def _prepared_layer() -> tuple[IntegerEncoderLayer, float]:
+    config = BertConfig(vocab_size=99, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=HEADS,
+                        intermediate_size=FFN, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = BertModel(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    scales = calibrate(model, [{"input_ids": torch.randint(4, 99, (4, 16), generator=generator)} for _ in range(2)])
+    float_layer = model.encoder.layer[0]
+    layer = IntegerEncoderLayer(HIDDEN, HEADS, FFN, {n: scales[f"encoder.layer.0.{n}"] for n in IntegerEncoderLayer.scaled_modules},
+                                device="meta")
+    for name, leaf in list(layer.named_modules()):
+        source = float_layer.get_submodule(name)
+        if isinstance(leaf, IntegerLinear):
+            layer.set_submodule(name, IntegerLinear.from_float(source.weight, source.bias))
+        elif isinstance(leaf, IntegerLayerNorm):
+            layer.set_submodule(name, IntegerLayerNorm.from_float(source))
+    input_scale = scales["embeddings"]["output"]
+    layer.prepare(input_scale)
+    return layer, input_scale
+
+
+def _masks(batch: int, length: int) -> dict:
+    generator = torch.Generator().manual_seed(3)
+    padding = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    padding[0, ..., length // 3:] = False
+    padding[1] = False  # a sequence with every key masked: the reference's uniform row
+    causal = torch.ones(length, length, dtype=torch.bool).tril().expand(batch, 1, length, length)
+    per_head = torch.rand(batch, HEADS, length, length, generator=generator) > 0.3
+    return {"none": None, "padding": padding, "causal": causal, "per head": per_head}
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "torch._int_mm"])
+def test_a_layer_on_native_stages_gives_the_reference_integers(kernel):
+    if kernel == "torch._int_mm":  # int32 accumulators instead of oneDNN's exact fp32
+        with overridden(CpuCapabilities(avx2=True, avx512=True)):
+            layer, _ = _prepared_layer()
+    else:
+        layer, _ = _prepared_layer()
+    assert layer.attention.self.qkv.kernel == kernel or detect().avx512_vnni is False
+    generator = torch.Generator().manual_seed(2)
+    codes = torch.randint(-128, 128, (3, 21, HIDDEN), dtype=torch.int8, generator=generator)
+    with torch.no_grad():
+        for name, keep in _masks(3, 21).items():
+            native, reference = layer(codes, keep, native=True), layer(codes, keep, native=False)
+            assert native.dtype == reference.dtype == torch.int8
+            assert torch.equal(native, reference), name
+
+
+def test_softmax_matches_the_reference_over_the_whole_score_range():
+    layer, _ = _prepared_layer()
+    attention = layer.attention.self
+    constants = [getattr(attention, f"softmax_{n}") for n in ("x0", "reciprocal", "reciprocal_shift", "b", "c", "multiplier", "shift")]
+    generator = torch.Generator().manual_seed(4)
+    bound = attention.head_size * 128 * 128  # |Q.K^T| for int8 codes
+    scores = torch.randint(-bound, bound + 1, (2, HEADS, 33, 33), generator=generator).to(torch.float32)
+    scores[0, 0, 0] = bound  # ties at the row maximum
+    scores[1, 1, 2] = scores[1, 1, 2, 0]
+    for keep in _masks(2, 33).values():
+        native = integer_native.integer_softmax(scores, keep, attention.softmax_packed)
+        assert torch.equal(native, ops.integer_softmax(scores, keep, *constants).to(torch.float32))
+
+
+def test_gelu_and_layernorm_stages_saturate_like_the_reference():
+    layer, _ = _prepared_layer()
+    generator = torch.Generator().manual_seed(5)
+    intermediate = layer.intermediate
+    bound = intermediate.dense.accumulator_bound
+    for dtype in (torch.float32, torch.int32):  # accumulators of either GEMM kernel, up to their largest magnitude
+        accumulator = torch.randint(-bound, bound + 1, (40, FFN), generator=generator).to(dtype)
+        accumulator[0], accumulator[1] = bound, -bound
+        native = integer_native.gelu_codes(
+            accumulator, intermediate.bias_int, intermediate.gelu_b, intermediate.gelu_c, intermediate.gelu_one,
+            intermediate.gelu_erf_shift, intermediate.multiplier, int(intermediate.offset), int(intermediate.shift),
+        )
+        gelu = ops.integer_gelu(accumulator.to(ops.WIDE) + intermediate.bias_int, intermediate.gelu_b,
+                                intermediate.gelu_c, intermediate.gelu_one, intermediate.gelu_erf_shift)
+        assert torch.equal(native, ops.requantize(gelu, intermediate.multiplier, intermediate.offset, intermediate.shift, 8))
+
+        output = layer.output
+        accumulator = torch.randint(-output.dense.accumulator_bound, output.dense.accumulator_bound + 1, (40, HIDDEN),
+                                    generator=generator).to(dtype)
+        residual = torch.randint(-128, 128, (40, HIDDEN), dtype=torch.int8, generator=generator)
+        residual[3] = 7  # a constant row: zero variance
+        accumulator[3] = 0
+        terms = [(accumulator, output.dense_multiplier), (residual, output.residual_multiplier)]
+        native = output.LayerNorm.after_sum(terms, output.offset, output.shift, 22, native=True)
+        assert torch.equal(native, output.LayerNorm.after_sum(terms, output.offset, output.shift, 22, native=False))
+
+
+@pytest.fixture
+def fresh_library(tmp_path, monkeypatch):
+    """An empty kernel cache and no library loaded; the process's own library is loaded again afterwards."""
+    monkeypatch.setenv(integer_native.CACHE_ENV, str(tmp_path))
+    integer_native.forget()
+    yield tmp_path
+    monkeypatch.undo()
+    integer_native.forget()
+    integer_native.load()
+
+
+def test_the_build_is_cached_by_source_and_flags_and_loaded_again_without_compiling(fresh_library, monkeypatch):
+    assert integer_native.load() is not None and integer_native.unavailable_reason() is None
+    built = integer_native.library_path()
+    assert built.parent == fresh_library and built.suffix == ".so"
+    assert [p.name for p in fresh_library.iterdir()] == [built.name]  # no scratch files left
+
+    def no_compiler(command, **options):
+        raise OSError(f"compiler called: {command[0]}")
+
+    monkeypatch.setattr(integer_native.subprocess, "run", no_compiler)
+    integer_native.forget()
+    assert integer_native.load() is not None and integer_native.library_path() == built  # found, not compiled
+    integer_native.forget()
+    monkeypatch.setattr(integer_native, "vector_flags", lambda: [])  # other flags: another library to build
+    assert integer_native.load() is None and "compiler called" in integer_native.unavailable_reason()
+
+
+def test_a_failing_compiler_is_reported_and_leaves_nothing_behind(fresh_library, monkeypatch, tmp_path_factory):
+    failing = tmp_path_factory.mktemp("bin") / "failing-cxx"
+    failing.write_text("#!/bin/sh\necho 'internal compiler error: out of luck' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("CXX", str(failing))
+    assert integer_native.load() is None
+    reason = integer_native.unavailable_reason()
+    assert "failing-cxx failed on integer_native.cpp" in reason and "out of luck" in reason
+    assert list(fresh_library.iterdir()) == []
+
+
+def test_the_vector_flags_follow_the_detected_cpu_not_a_faked_one():
+    with overridden(CpuCapabilities(avx2=True, avx512=True, avx512_vnni=True, amx_int8=True)):
+        flags = integer_native.vector_flags()
+    assert ("-mavx512f" in flags) == detect().avx512 and ("-mavx2" in flags) == detect().avx2
