@@ -7,16 +7,9 @@ import torch
 
 from optimum_int8.benchmark import PRESETS, VARIANTS, WORKLOADS, BenchmarkSettings, run_benchmark
 from optimum_int8.benchmark.variants import load_float32
-from optimum_int8.ibert import IntegerEncoder, compilation
+from optimum_int8.ibert import IntegerEncoder
 from optimum_int8.ibert.benchmark import build_ibert_simulation
-
-
-@pytest.fixture(autouse=True)
-def eager_integer_layers():
-    """These tests check numerics and loading, the same compiled or not: eager keeps them free of compile time
-    (test_ibert_compilation.py runs the compiled path)."""
-    with compilation.eager():
-        yield
+from optimum_int8.nn import integer_native
 
 
 def test_ibert_variants_run_in_one_benchmark(tmp_path):
@@ -33,9 +26,9 @@ def test_ibert_variants_run_in_one_benchmark(tmp_path):
     checkpoints = tmp_path / "roberta-tiny-seed0"
     integer = VARIANTS["ibert"].load(checkpoints / "ibert")
     assert isinstance(integer.roberta.encoder, IntegerEncoder)
-    assert integer.roberta.encoder.compiled and integer.roberta.embeddings.compiled  # the default path
+    assert integer.roberta.encoder.fast_path and integer.roberta.embeddings.fast_path  # the default path
     eager = VARIANTS["ibert-eager"].load(checkpoints / "ibert")
-    assert not eager.roberta.encoder.compiled and not eager.roberta.embeddings.compiled
+    assert not eager.roberta.encoder.fast_path and not eager.roberta.embeddings.fast_path
     simulation = VARIANTS["ibert-simulation"].load(checkpoints / "ibert-simulation")
     assert simulation.config.quant_mode
     assert float(simulation.ibert.encoder.layer[0].attention.self.query_activation.x_max) > 1e-3
@@ -57,14 +50,18 @@ class _Seq2SeqStub:
 def test_the_first_call_workloads_compile_in_an_empty_cache_restore_the_setting_and_run_only_when_named(
         workload, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "kept"))
+    monkeypatch.delenv(integer_native.CACHE_ENV, raising=False)
     seen = []
 
-    def call(**inputs):
-        seen.append(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    def call(**inputs):  # what a first call finds: empty caches, and no native kernels loaded yet
+        seen.append((os.environ["TORCHINDUCTOR_CACHE_DIR"], os.environ[integer_native.CACHE_ENV], integer_native.library_path()))
 
+    integer_native.load()
     WORKLOADS[workload].run(_Seq2SeqStub(call) if workload == "first-encoder" else call, {}, {})
-    assert len(seen) == 1 and seen[0] != str(tmp_path / "kept") and not os.path.exists(seen[0])
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "kept")
+    [(inductor_cache, kernel_cache, loaded)] = seen
+    assert inductor_cache == kernel_cache != str(tmp_path / "kept") and not os.path.exists(inductor_cache) and loaded is None
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "kept") and integer_native.CACHE_ENV not in os.environ
+    assert integer_native.load() is not None and integer_native.library_path().parent == integer_native.cache_dir()
     assert not WORKLOADS[workload].by_default  # clearing the caches inside a default run would distort it
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from transformers import PretrainedConfig
 
+from ..nn import integer_native
+
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
@@ -106,26 +108,35 @@ def cold_first_call_workload(workload: Workload, name: str) -> Workload:
     )
 
 
+COMPILE_CACHES = ("TORCHINDUCTOR_CACHE_DIR", integer_native.CACHE_ENV)
+
+
 def cold_first_call(call: Callable[[], object]) -> object:
     """``call()`` as the first call of a fresh process on a machine that never compiled this model: torch's compiled
-    graphs are dropped and inductor's caches point at an empty directory, so a model that compiles (lazily, or under
-    ``torch.compile``) pays its whole compile again. A model that does not compile just runs."""
+    graphs and the loaded native integer kernels are dropped, and inductor's and our kernel caches point at an empty
+    directory, so a model that compiles (lazily, under ``torch.compile``, or its native kernels) pays its whole compile
+    again. A model that does not compile just runs."""
     from torch._inductor import codecache
 
-    torch.compiler.reset()
-    for cache in (codecache.PyCodeCache, codecache.CppCodeCache):
-        cache.cache_clear()
-    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    def forget_compiled():
+        torch.compiler.reset()
+        for cache in (codecache.PyCodeCache, codecache.CppCodeCache):
+            cache.cache_clear()
+        integer_native.forget()
+
+    forget_compiled()
+    previous = {name: os.environ.get(name) for name in COMPILE_CACHES}
     with tempfile.TemporaryDirectory(prefix="optimum-int8-first-call-") as cold_cache:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold_cache
+        os.environ.update(dict.fromkeys(COMPILE_CACHES, cold_cache))
         try:
             return call()
         finally:
-            if previous is None:
-                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-            else:
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
-            torch.compiler.reset()
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            forget_compiled()
 
 
 register_workload(Workload(
