@@ -199,3 +199,23 @@ def test_profile_categories_count_weight_only_gemms_and_compiled_regions():
     assert category("aten::_weight_int8pack_mm") == "int8 GEMM"
     assert category("## Call CompiledFxGraph abc123 ##") == category("TorchDynamo Cache Lookup") == "compiled graph and guards"
     assert category("aten::addmm") == "float GEMM" and category("aten::nonexistent") == OTHER_OPS
+
+
+def test_the_report_says_when_another_cpu_is_emulated(monkeypatch):
+    from optimum_int8.benchmark.report import machine_line
+    from optimum_int8.benchmark.results import BenchmarkResult
+    from optimum_int8.benchmark.runner import machine_info
+
+    monkeypatch.delenv(kernels.capabilities.CAPABILITIES_ENV, raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    native = BenchmarkResult(model="m", workloads={}, variants=[], settings={}, machine=machine_info())
+    assert "emulating" not in machine_line(native)
+    monkeypatch.setenv(kernels.capabilities.CAPABILITIES_ENV, "avx2,avx512,avx512_vnni")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    emulated = machine_info()
+    assert emulated["isa"] == native.machine["isa"]  # the CPU's own flags stay on record
+    assert emulated["isa_choices"] == ["avx2", "avx512", "avx512_vnni"]
+    lines = machine_line(BenchmarkResult(model="m", workloads={}, variants=[], settings={}, machine=emulated)).splitlines()
+    assert "  emulating: oneDNN limited to ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI" in lines
+    assert ("  emulating: kernel choices for flags avx2, avx512, avx512_vnni" in lines) == (
+        native.machine["isa"] != emulated["isa_choices"])

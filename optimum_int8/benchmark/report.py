@@ -125,6 +125,10 @@ def machine_line(result: BenchmarkResult) -> str:
     machine = result.machine
     lines = [f"CPU: {machine.get('cpu')}, flags: {', '.join(machine.get('isa') or []) or 'none'}, "
              f"{machine.get('torch_threads')} torch threads"]
+    if machine.get("isa_choices") not in (None, machine.get("isa")):
+        lines.append(f"  emulating: kernel choices for flags {', '.join(machine['isa_choices']) or 'none'}")
+    if machine.get("onednn_max_cpu_isa"):
+        lines.append(f"  emulating: oneDNN limited to ONEDNN_MAX_CPU_ISA={machine['onednn_max_cpu_isa']}")
     lines += [f"  {variant.label}: {variant.kernel}" for variant in result.variants if variant.kernel]
     return "\n".join(lines)
 

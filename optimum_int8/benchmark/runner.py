@@ -174,6 +174,10 @@ def machine_info() -> dict:
         "cpu": model_name,
         "cpu_count": os.cpu_count(),
         "isa": kernels.capabilities.detect().flags(),
+        # What a run on another CPU is emulated with: our kernel choices made for other flags, oneDNN capped below
+        # the CPU's own instructions (ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI: no AMX, no native bf16).
+        "isa_choices": kernels.capabilities.current().flags(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "kernel_override": os.environ.get(kernels.KERNEL_ENV),
         "torch_threads": torch.get_num_threads(),
         "versions": versions,
