@@ -105,6 +105,19 @@ def test_gelu_and_layernorm_stages_saturate_like_the_reference():
         assert torch.equal(native, output.LayerNorm.after_sum(terms, output.offset, output.shift, 22, native=False))
 
 
+def test_the_profiler_sees_each_native_stage_under_its_own_name():
+    from optimum_int8.benchmark.profiling import category
+
+    layer, _ = _prepared_layer()
+    codes = torch.randint(-128, 128, (2, 9, HIDDEN), dtype=torch.int8)
+    with torch.no_grad(), torch.profiler.profile() as profiler:
+        layer(codes, None, native=True)
+    stages = {e.key for e in profiler.key_averages() if e.key.startswith(integer_native.PROFILER_PREFIX)}
+    assert stages == {integer_native.PROFILER_PREFIX + s for s in
+                      ("qkv_heads", "softmax", "context_codes", "residual_layernorm", "gelu_codes")}
+    assert {category(stage) for stage in stages} == {"integer stages (native)"}
+
+
 @pytest.fixture
 def fresh_library(tmp_path, monkeypatch):
     """An empty kernel cache and no library loaded; the process's own library is loaded again afterwards."""

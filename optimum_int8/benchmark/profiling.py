@@ -15,6 +15,8 @@ CATEGORIES = (
     ("int8 GEMM", ("quantized::linear", "aten::_int_mm", "quantized::", "onednn::qlinear", "aten::_weight_int8pack_mm")),
     ("activation quantization", ("aten::aminmax", "aten::quantize_per_tensor", "aten::int_repr", "aten::item",
                                  "aten::_local_scalar_dense")),
+    # I-BERT's elementwise integer stages on the native kernels (labelled by nn/integer_native.py).
+    ("integer stages (native)", ("optimum_int8::native_",)),
     ("float GEMM", ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise", "aten::linear")),
     ("attention", ("aten::_scaled_dot_product", "aten::scaled_dot_product", "aten::bmm", "aten::_softmax",
                    "aten::softmax", "aten::baddbmm")),

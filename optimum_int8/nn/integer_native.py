@@ -131,10 +131,23 @@ def _pointer(tensor: torch.Tensor | None, *dtypes: torch.dtype):
     return tensor.data_ptr()
 
 
-def _variant(name: str, accumulator: torch.Tensor):
-    suffix = {torch.float32: "f32", torch.int32: "i32"}.get(accumulator.dtype)
+PROFILER_PREFIX = "optimum_int8::native_"
+
+
+def _run(stage: str, function, *args) -> None:
+    """``function(*args)``, seen by torch's profiler as ``optimum_int8::native_<stage>`` while it records (ctypes
+    calls are no torch operators; a label costs 6 us, so only then)."""
+    if torch.autograd._profiler_enabled():
+        with torch.profiler.record_function(PROFILER_PREFIX + stage):
+            function(*args)
+    else:
+        function(*args)
+
+
+def _variant(name: str, dtype: torch.dtype):
+    suffix = {torch.float32: "f32", torch.int32: "i32"}.get(dtype)
     if suffix is None:
-        raise ValueError(f"native integer kernel {name}: accumulators are fp32 or int32, got {accumulator.dtype}")
+        raise ValueError(f"native integer kernel {name}: accumulators are fp32 or int32, got {dtype}")
     return getattr(_Library.handle, f"{name}_{suffix}")
 
 
@@ -144,9 +157,10 @@ def qkv_heads(accumulator: torch.Tensor, multiplier, offset, shift: int, batch: 
     accumulator = accumulator.contiguous()
     head_size = accumulator.shape[-1] // (3 * heads)
     out = torch.empty(3, batch, heads, length, head_size, dtype=torch.float32)
-    _variant("qkv_heads", accumulator)(
-        _pointer(accumulator, torch.float32, torch.int32), _pointer(multiplier, torch.int64),
-        _pointer(offset, torch.int64), shift, out.data_ptr(), batch, length, heads, head_size,
+    _run(
+        "qkv_heads", _variant("qkv_heads", accumulator.dtype), _pointer(accumulator, torch.float32, torch.int32),
+        _pointer(multiplier, torch.int64), _pointer(offset, torch.int64), shift, out.data_ptr(), batch, length, heads,
+        head_size,
     )
     return out.unbind(0)
 
@@ -167,9 +181,10 @@ def integer_softmax(scores: torch.Tensor, keep: torch.Tensor | None, constants: 
             keep = keep.expand(batch, heads, queries, keys).contiguous()
             rows_per_batch, keep_rows = queries, queries
     out = torch.empty_like(scores)
-    _Library.handle.integer_softmax(
-        _pointer(scores, torch.float32), _pointer(keep, torch.bool), keep_rows, _pointer(constants, torch.int64),
-        out.data_ptr(), batch * heads * queries, queries, rows_per_batch, keys,
+    _run(
+        "softmax", _Library.handle.integer_softmax, _pointer(scores, torch.float32), _pointer(keep, torch.bool),
+        keep_rows, _pointer(constants, torch.int64), out.data_ptr(), batch * heads * queries, queries, rows_per_batch,
+        keys,
     )
     return out
 
@@ -179,8 +194,9 @@ def context_codes(context: torch.Tensor, multiplier: int, offset: int, shift: in
     context = context.contiguous()
     batch, heads, length, head_size = context.shape
     out = torch.empty(batch, length, heads * head_size, dtype=torch.int8)
-    _Library.handle.context_codes(
-        _pointer(context, torch.float32), multiplier, offset, shift, out.data_ptr(), batch, length, heads, head_size
+    _run(
+        "context_codes", _Library.handle.context_codes, _pointer(context, torch.float32), multiplier, offset, shift,
+        out.data_ptr(), batch, length, heads, head_size,
     )
     return out
 
@@ -190,6 +206,7 @@ def residual_layernorm(accumulator, accumulator_multiplier, terms, offset, shift
     ``(tensor, multiplier)`` terms to ``bits``, then ``layer_norm`` (a prepared ``IntegerLayerNorm``): int8 [rows, C]."""
     if len(terms) > 3:
         raise ValueError(f"native integer kernel residual_layernorm: at most 3 int8 terms, got {len(terms)}")
+    accumulator = accumulator.contiguous() if accumulator is not None else None
     shape = (accumulator if accumulator is not None else terms[0][0]).shape
     columns = shape[-1]
     rows = shape.numel() // columns
@@ -197,9 +214,10 @@ def residual_layernorm(accumulator, accumulator_multiplier, terms, offset, shift
     term_multipliers = torch.tensor([int(m) for _, m in terms] + [0] * (3 - len(terms)), dtype=torch.int64)
     offset = offset.expand(columns).contiguous()  # kept referenced until the call returns
     out = torch.empty(shape, dtype=torch.int8)
-    function = _variant("residual_layernorm", accumulator) if accumulator is not None else _Library.handle.residual_layernorm_f32
-    function(
-        _pointer(accumulator, torch.float32, torch.int32), _pointer(accumulator_multiplier, torch.int64),
+    function = _variant("residual_layernorm", accumulator.dtype if accumulator is not None else torch.float32)
+    _run(
+        "residual_layernorm", function, _pointer(accumulator, torch.float32, torch.int32),
+        _pointer(accumulator_multiplier, torch.int64),
         *(_pointer(codes, torch.int8) for codes in term_codes), term_multipliers.data_ptr(),
         _pointer(offset, torch.int64), shift, bits,
         _pointer(layer_norm.multiplier, torch.int64), _pointer(layer_norm.offset, torch.int64),
@@ -213,8 +231,8 @@ def gelu_codes(accumulator, bias, b, c, one, erf_shift, multiplier, offset: int,
     accumulator = accumulator.contiguous()
     columns = accumulator.shape[-1]
     out = torch.empty(accumulator.shape, dtype=torch.int8)
-    _variant("gelu_codes", accumulator)(
-        _pointer(accumulator, torch.float32, torch.int32),
+    _run(
+        "gelu_codes", _variant("gelu_codes", accumulator.dtype), _pointer(accumulator, torch.float32, torch.int32),
         *(_pointer(t, torch.int64) for t in (bias, b, c, one, erf_shift, multiplier)),
         offset, shift, out.data_ptr(), accumulator.numel() // columns, columns,
     )
