@@ -8,7 +8,7 @@ its Rotten Tomatoes movie snippets, as examples/tune_minilm_sentiment.py does (i
 
 1. Sentence embeddings (mean pooling, as sentence-transformers does for this model) of snippets not used for
    calibration: cosine similarity to fp32 of our integer-only model (saved, reloaded with ``INCModel``, checked
-   bit-exact; with ``--compile`` also the eager path against the compiled default), of our dynamic int8 model, and of
+   bit-exact; with ``--compile`` also the eager path against the default native kernels), of our dynamic int8 model, and of
    transformers' ``IBertModel`` in ``quant_mode=True`` (its float simulation of I-BERT) with MiniLM's weights.
 2. A sentiment classifier: MiniLM fine-tuned on the snippets (``--classifier``: the fp32 directory that
    tune_minilm_sentiment.py writes; otherwise fine-tuned here with its recipe). On the same 500 held-out
@@ -126,7 +126,7 @@ def compare_embeddings(args, tokenizer, texts: list[str]) -> None:
     if args.compile:
         start = time.perf_counter()
         eager = embed(compile_integer_layers(reloaded, enabled=False), evaluation)
-        print(f"   eager (compile_integer_layers(m, enabled=False)): bit-identical to the compiled default: "
+        print(f"   eager (compile_integer_layers(m, enabled=False)): bit-identical to the default path: "
               f"{torch.equal(eager, embeddings)} ({time.perf_counter() - start:.0f} s)")
     dynamic = quantize_model(AutoModel.from_pretrained(model_dir), Int8Config(scheme="int8_dynamic"))
     print(f"   int8_dynamic vs fp32             {cosine_summary(embed(dynamic, evaluation), reference)}")
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=128, help="snippets that set the activation scales")
     parser.add_argument("--evaluation", type=int, default=512, help="other snippets the embeddings are compared on")
     parser.add_argument("--classifier", type=Path, help="a MiniLM sentiment classifier (default: fine-tune one)")
-    parser.add_argument("--compile", action="store_true", help="also run the model eagerly and check it is bit-identical to the compiled default")
+    parser.add_argument("--compile", action="store_true", help="also run the model eagerly and check it is bit-identical to the default path")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())

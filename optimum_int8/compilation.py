@@ -1,4 +1,4 @@
-"""The one switch for optimum-int8's automatic ``torch.compile`` (I-BERT's integer layers, causal LMs' decode step).
+"""The one switch for optimum-int8's automatic compiling (I-BERT's native integer kernels, causal LMs' decode step).
 
 ``OPTIMUM_INT8_COMPILE=0`` runs everything eagerly without trying to compile; it is read when a compiled path is
 about to be taken, so it can be set after import.

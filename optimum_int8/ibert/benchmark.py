@@ -9,8 +9,9 @@ Every variant is built from the preset's fp32 checkpoint (random seeded weights)
 runner, interleaved, so the ratios come from one run:
 
 - ``ibert``: our integer-only model (activation scales calibrated on random token batches) as
-  ``from_pretrained`` returns it: its integer layers compile lazily (``compilation``), in the warm-up call;
-- ``ibert-eager``: the same checkpoint with compiling switched off (``compile_integer_layers(model, False)``);
+  ``from_pretrained`` returns it: its integer stages on the native kernels (``compilation``), loaded in the warm-up
+  call (and built there, on a machine that never ran them);
+- ``ibert-eager``: the same checkpoint on the eager reference ops (``compile_integer_layers(model, False)``);
 - ``fp32-compiled``: ``torch.compile`` of the fp32 model, the like-for-like reference for ``ibert``;
 - ``ibert-simulation``: transformers' ``IBertForSequenceClassification`` in ``quant_mode=True`` with the same
   weights, its activation ranges recorded by a calibration pass (RoBERTa checkpoints only).
@@ -101,8 +102,8 @@ def build_ibert_simulation(fp32_dir: Path, out_dir: Path) -> None:
 
 
 register_variant(Variant("ibert", "ibert integer-only", "optimum-int8 ibert scheme: integer-only encoder as loaded "
-                         "(compiled lazily: the first call compiles)", build_ibert, load_int8))
-register_variant(Variant("ibert-eager", "ibert eager", "the ibert checkpoint with compiling off "
+                         "(native integer kernels, loaded by the first call)", build_ibert, load_int8))
+register_variant(Variant("ibert-eager", "ibert eager", "the ibert checkpoint on the eager reference ops "
                          "(compile_integer_layers(model, enabled=False))", build_ibert, load_ibert_eager))
 register_variant(Variant("fp32-compiled", "torch fp32 compiled", "the fp32 model after torch.compile", None,
                          load_float32_compiled))
