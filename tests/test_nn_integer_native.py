@@ -44,11 +44,17 @@ def _masks(batch: int, length: int) -> dict:
     padding[1] = False  # a sequence with every key masked: the reference's uniform row
     causal = torch.ones(length, length, dtype=torch.bool).tril().expand(batch, 1, length, length)
     per_head = torch.rand(batch, HEADS, length, length, generator=generator) > 0.3
-    return {"none": None, "padding": padding, "causal": causal, "per head": per_head}
+    shared = causal[:1]  # one mask broadcast over the batch
+    return {"none": None, "padding": padding, "causal": causal, "shared": shared, "per head": per_head}
 
 
 @pytest.mark.parametrize("kernel", ["onednn", "torch._int_mm"])
-def test_a_layer_on_native_stages_gives_the_reference_integers(kernel):
+@pytest.mark.parametrize("chunk", ["whole batch", "two sequences", "one head", "three heads"])
+def test_a_layer_on_native_stages_gives_the_reference_integers(kernel, chunk, monkeypatch):
+    length = 21
+    monkeypatch.setattr(integer_native, "ATTENTION_CHUNK_SCORES", {
+        "whole batch": integer_native.ATTENTION_CHUNK_SCORES, "two sequences": 2 * HEADS * length * length,
+        "one head": length * length, "three heads": 3 * length * length}[chunk])
     if kernel == "torch._int_mm":  # int32 accumulators instead of oneDNN's exact fp32
         with overridden(CpuCapabilities(avx2=True, avx512=True)):
             layer, _ = _prepared_layer()
@@ -56,9 +62,9 @@ def test_a_layer_on_native_stages_gives_the_reference_integers(kernel):
         layer, _ = _prepared_layer()
     assert layer.attention.self.qkv.kernel == kernel or detect().avx512_vnni is False
     generator = torch.Generator().manual_seed(2)
-    codes = torch.randint(-128, 128, (3, 21, HIDDEN), dtype=torch.int8, generator=generator)
+    codes = torch.randint(-128, 128, (3, length, HIDDEN), dtype=torch.int8, generator=generator)
     with torch.no_grad():
-        for name, keep in _masks(3, 21).items():
+        for name, keep in _masks(3, length).items():
             native, reference = layer(codes, keep, native=True), layer(codes, keep, native=False)
             assert native.dtype == reference.dtype == torch.int8
             assert torch.equal(native, reference), name

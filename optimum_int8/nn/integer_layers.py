@@ -246,9 +246,7 @@ class IntegerSelfAttention(_ScaledModule):
             query, key, value = integer_native.qkv_heads(
                 accumulator, self.qkv_multiplier, self.qkv_offset, int(self.qkv_shift), batch, length, self.num_heads
             )
-            scores = integer_kernels.integer_bmm(query, key.transpose(-1, -2))
-            probabilities = integer_native.integer_softmax(scores, keep, self.softmax_packed)
-            context = integer_kernels.integer_bmm(probabilities, value)
+            context = integer_native.attention(query, key, value, keep, self.softmax_packed)
             return integer_native.context_codes(
                 context, int(self.context_multiplier), int(self.context_offset), int(self.context_shift)
             )

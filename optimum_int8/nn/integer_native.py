@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from . import integer_kernels
 from .kernels import capabilities
 
 SOURCE = Path(__file__).with_name("integer_native.cpp")
@@ -187,6 +188,37 @@ def integer_softmax(scores: torch.Tensor, keep: torch.Tensor | None, constants: 
         keys,
     )
     return out
+
+
+ATTENTION_CHUNK_SCORES = 2**20  # scores per chunk: 4 MiB of fp32, within a core's L2
+
+
+def attention(query, key, value, keep: torch.Tensor | None, softmax_constants: torch.Tensor) -> torch.Tensor:
+    """``softmax(query . key^T) . value`` on integers, for query, key and value [batch, heads, length, head_size] (fp32
+    codes): the context [batch, heads, length, head_size] as fp32 integers.
+
+    Runs in chunks of whole heads of at most ``ATTENTION_CHUNK_SCORES`` scores, so the scores and probabilities of a
+    chunk stay in cache (at 8 x 384 tokens the whole batch's are 57 MB, which glibc maps and faults in afresh on every
+    call).
+    """
+    batch, heads, length, head_size = query.shape
+    keys = key.shape[2]
+    per_head = length * keys
+    head_chunk = max(1, min(heads, ATTENTION_CHUNK_SCORES // per_head))
+    batch_chunk = max(1, ATTENTION_CHUNK_SCORES // (per_head * heads)) if head_chunk == heads else 1
+    context = torch.empty(batch, heads, length, value.shape[-1], dtype=torch.float32)
+    for b in range(0, batch, batch_chunk):
+        rows = slice(b, b + batch_chunk)
+        for h in range(0, heads, head_chunk):
+            columns = slice(h, h + head_chunk)
+            chunk_keep = None
+            if keep is not None:
+                chunk_keep = keep[rows] if keep.shape[0] > 1 else keep
+                chunk_keep = chunk_keep[:, columns] if chunk_keep.shape[1] > 1 else chunk_keep
+            scores = integer_kernels.integer_bmm(query[rows, columns], key[rows, columns].transpose(-1, -2))
+            probabilities = integer_softmax(scores, chunk_keep, softmax_constants)
+            context[rows, columns] = integer_kernels.integer_bmm(probabilities, value[rows, columns])
+    return context
 
 
 def context_codes(context: torch.Tensor, multiplier: int, offset: int, shift: int) -> torch.Tensor:
