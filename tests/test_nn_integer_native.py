@@ -124,6 +124,27 @@ def test_the_profiler_sees_each_native_stage_under_its_own_name():
     assert {category(stage) for stage in stages} == {"integer stages (native)"}
 
 
+def test_the_stages_run_on_torchs_thread_count_from_any_python_thread():
+    import threading
+
+    layer, _ = _prepared_layer()
+    codes = torch.randint(-128, 128, (2, 9, HIDDEN), dtype=torch.int8)
+    previous = torch.get_num_threads()
+    results = {}
+    try:
+        for threads in (1, previous):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                results[threads] = layer(codes, None, native=True)
+            assert integer_native._Library.threads == threads
+        worker = threading.Thread(target=lambda: results.setdefault("worker", layer(codes, None, native=True)))
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(results[1], results[previous]) and torch.equal(results["worker"], results[1])
+
+
 @pytest.fixture
 def fresh_library(tmp_path, monkeypatch):
     """An empty kernel cache and no library loaded; the process's own library is loaded again afterwards."""

@@ -10,6 +10,10 @@
 
 namespace {
 
+// Threads per parallel loop: torch's intra-op thread count, set by the caller (set_threads). OpenMP's own setting is
+// per calling thread, and a Python thread other than the one that called torch.set_num_threads would use every core.
+int g_threads = 1;
+
 constexpr int64_t kMaskedScore = -(int64_t(1) << 40);  // integer_ops.MASKED_SCORE
 constexpr int64_t kExpMaxHalvings = 30;                 // integer_ops.EXP_MAX_HALVINGS
 constexpr int64_t kExpMax = (int64_t(1) << 15) - 1;     // 16-bit exp (integer_ops.EXP_BITS)
@@ -58,7 +62,7 @@ template <typename T>
 void qkv_heads(const T* accumulator, const int64_t* multiplier, const int64_t* offset, int64_t shift, float* out,
                int64_t batch, int64_t length, int64_t heads, int64_t head_size) {
   const int64_t hidden = heads * head_size;
-#pragma omp parallel for
+#pragma omp parallel for num_threads(g_threads)
   for (int64_t row = 0; row < batch * length; ++row) {
     const int64_t b = row / length, l = row % length;
     const T* in = accumulator + row * 3 * hidden;
@@ -80,7 +84,7 @@ void residual_layernorm(const T* accumulator, const int64_t* accumulator_multipl
                         const int64_t* offset, int64_t shift, int64_t sum_bits, const int64_t* ln_multiplier,
                         const int64_t* ln_offset, int64_t ln_shift, int8_t* out, int64_t rows, int64_t columns) {
   const int8_t* terms[3] = {term0, term1, term2};
-#pragma omp parallel
+#pragma omp parallel num_threads(g_threads)
   {
     std::vector<int64_t> x(columns);
 #pragma omp for
@@ -105,7 +109,7 @@ template <typename T>
 void gelu_codes(const T* accumulator, const int64_t* bias, const int64_t* b, const int64_t* c, const int64_t* one,
                 const int64_t* erf_shift, const int64_t* multiplier, int64_t offset, int64_t shift, int8_t* out,
                 int64_t rows, int64_t columns) {
-#pragma omp parallel for
+#pragma omp parallel for num_threads(g_threads)
   for (int64_t row = 0; row < rows; ++row) {
     const T* in = accumulator + row * columns;
     int8_t* target = out + row * columns;
@@ -123,6 +127,8 @@ void gelu_codes(const T* accumulator, const int64_t* bias, const int64_t* b, con
 }  // namespace
 
 extern "C" {
+
+void set_threads(int64_t threads) { g_threads = static_cast<int>(std::max(threads, int64_t(1))); }
 
 // Q, K and V from the fused projection's accumulator [batch * length, 3 * heads * head_size], requantized to int8
 // codes (as fp32, the attention products' operand type) in the layout [3, batch, heads, length, head_size].
@@ -142,7 +148,7 @@ void integer_softmax(const float* scores, const bool* keep, int64_t keep_rows, c
   const int64_t x0 = k[0], reciprocal = k[1], reciprocal_shift = k[2], b = k[3], c = k[4], multiplier = k[5],
                 shift = k[6];
   const int64_t floor_x = x0 * kExpMaxHalvings;
-#pragma omp parallel
+#pragma omp parallel num_threads(g_threads)
   {
     std::vector<int64_t> x(keys);
 #pragma omp for
@@ -187,7 +193,7 @@ void integer_softmax(const float* scores, const bool* keep, int64_t keep_rows, c
 // constants to int8 codes [batch, length, heads * head_size].
 void context_codes(const float* context, int64_t multiplier, int64_t offset, int64_t shift, int8_t* out,
                    int64_t batch, int64_t length, int64_t heads, int64_t head_size) {
-#pragma omp parallel for
+#pragma omp parallel for num_threads(g_threads)
   for (int64_t row = 0; row < batch * length; ++row) {
     const int64_t b = row / length, l = row % length;
     int8_t* target = out + row * heads * head_size;

@@ -1,8 +1,9 @@
 """The integer-only (I-BERT) elementwise stages as native row-fused loops (``integer_native.cpp``), built once per machine.
 
 Each stage (Q/K/V requantization into heads, i-exp softmax, context requantization, residual sum + integer LayerNorm,
-i-GELU) reads its rows once, keeps them in cache and writes int8 codes, where ``torch.compile``'s kernels make
-several passes over whole int64 tensors: two to three times faster per stage, and no graph to compile. The loops do
+i-GELU) reads its rows once, keeps them in cache and writes int8 codes, where ``torch.compile``'s kernels made
+several passes over whole int64 tensors; and there is no graph to compile. They run on ``torch.get_num_threads()``
+threads, with the OpenMP runtime torch loaded. The loops do
 exactly the int64 arithmetic of their references in ``integer_ops``, so outputs are bit-identical
 (``tests/test_nn_integer_native.py``).
 
@@ -39,6 +40,7 @@ _SIGNATURES = {
     "residual_layernorm_i32": [_POINTER] * 7 + [_INT, _INT, _POINTER, _POINTER, _INT, _POINTER, _INT, _INT],
     "gelu_codes_f32": [_POINTER] * 7 + [_INT, _INT, _POINTER, _INT, _INT],
     "gelu_codes_i32": [_POINTER] * 7 + [_INT, _INT, _POINTER, _INT, _INT],
+    "set_threads": [_INT],
 }
 
 
@@ -47,6 +49,7 @@ class _Library:
     handle: ctypes.CDLL | None = None
     path: Path | None = None
     failure: str | None = None
+    threads: int = 0  # the thread count last given to the library
 
 
 def cache_dir() -> Path:
@@ -122,6 +125,7 @@ def forget() -> None:
     directory then configured), as a fresh process would."""
     with _Library.lock:
         _Library.handle = _Library.path = _Library.failure = None
+        _Library.threads = 0
 
 
 def _pointer(tensor: torch.Tensor | None, *dtypes: torch.dtype):
@@ -136,8 +140,12 @@ PROFILER_PREFIX = "optimum_int8::native_"
 
 
 def _run(stage: str, function, *args) -> None:
-    """``function(*args)``, seen by torch's profiler as ``optimum_int8::native_<stage>`` while it records (ctypes
-    calls are no torch operators; a label costs 6 us, so only then)."""
+    """``function(*args)`` on torch's intra-op thread count, seen by torch's profiler as ``optimum_int8::native_<stage>``
+    while it records (ctypes calls are no torch operators; a label costs 6 us, so only then)."""
+    threads = torch.get_num_threads()
+    if threads != _Library.threads:
+        _Library.handle.set_threads(threads)
+        _Library.threads = threads
     if torch.autograd._profiler_enabled():
         with torch.profiler.record_function(PROFILER_PREFIX + stage):
             function(*args)
