@@ -84,6 +84,22 @@ def test_i_exp_floor_division_by_multiply_shift_is_exact():
         assert torch.equal(q, torch.div(x, x0, rounding_mode="floor"))
 
 
+@pytest.mark.parametrize("score_scale", [1e-2, 3.3e-4, 2e-4])
+def test_the_exp_table_gives_the_i_exp_of_every_score_difference(score_scale):
+    constants = ops.softmax_constants(score_scale, 1 / 32767)
+    table = ops.exp_table(constants)
+    x0 = -int(constants["x0"])
+    # Every difference to the row maximum up to past the 30-halvings clamp, and the masked score's.
+    x = torch.cat([-torch.arange((ops.EXP_MAX_HALVINGS + 2) * x0), torch.tensor([ops.MASKED_SCORE])])
+    last = table.numel() - 1
+    assert torch.equal(table.long()[(-x).clamp(max=last)], ops.integer_exp(x, **constants))
+    assert table[-1] == 0 and table[0] == 32767  # past 16 halvings a 16-bit exp of at most 2**15 rounds to 0
+
+
+def test_the_exp_table_is_left_out_past_its_size_limit():
+    assert ops.exp_table(ops.softmax_constants(5e-6, 1 / 32767)) is None  # 16 x 138,629 entries
+
+
 def _softmax_inputs(score_scale: float, shape=(4, 3, 10, 10)):
     logits = torch.randn(shape, generator=_generator(), dtype=torch.float64) * 4
     scores = torch.round(logits / score_scale).to(torch.int32)

@@ -158,16 +158,46 @@ def integer_softmax(
     if keep is not None:
         # Below any score minus the row maximum: clamps to 30 halvings, whose exp rounds to 0 in 16 bits.
         x = torch.where(keep, x, MASKED_SCORE)
-    x = x - x.amax(dim=-1, keepdim=True)
+    exp = integer_exp(x - x.amax(dim=-1, keepdim=True), x0, reciprocal, reciprocal_shift, b, c, multiplier, shift)
+    total = exp.sum(dim=-1, keepdim=True).clamp(min=1)
+    factor = torch.div(2**SOFTMAX_SUM_BITS, total, rounding_mode="floor")
+    return ((exp * factor) >> (SOFTMAX_SUM_BITS - SOFTMAX_BITS)).to(torch.int16)
+
+
+def integer_exp(
+    x: torch.Tensor, x0: torch.Tensor, reciprocal: torch.Tensor, reciprocal_shift: torch.Tensor, b: torch.Tensor,
+    c: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor,
+) -> torch.Tensor:
+    """i-exp of int64 ``x <= 0`` (scores minus their row maximum) as 16-bit integers of the softmax's exp scale."""
     x = torch.maximum(x, x0 * EXP_MAX_HALVINGS)
     q = (-x * reciprocal) >> reciprocal_shift
     r = x - x0 * q
     poly = (r + b) * r + c
     # poly * multiplier < 2**62, so a total shift of 63 already rounds to 0 (and stays a defined shift).
-    exp = rounding_shift(poly * multiplier, (shift + q).clamp(max=63)).clamp(0, 2 ** (EXP_BITS - 1) - 1)
-    total = exp.sum(dim=-1, keepdim=True).clamp(min=1)
-    factor = torch.div(2**SOFTMAX_SUM_BITS, total, rounding_mode="floor")
-    return ((exp * factor) >> (SOFTMAX_SUM_BITS - SOFTMAX_BITS)).to(torch.int16)
+    return rounding_shift(poly * multiplier, (shift + q).clamp(max=63)).clamp(0, 2 ** (EXP_BITS - 1) - 1)
+
+
+EXP_TABLE_ENTRIES = 2**18
+
+
+def exp_table(constants: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """``integer_exp`` of every ``x`` in ``[-T, 0]`` as int16 ``[T + 1]`` (index ``-x``), or None if that is more than
+    ``EXP_TABLE_ENTRIES``: a lookup that gives the i-exp's integers exactly, by construction.
+
+    Past ``T`` the exp is the table's last entry: with ``Q = 63 - shift`` halvings the total shift reaches 63, where
+    ``poly * multiplier < 2**62`` rounds to 0; at 30 halvings (if sooner) ``integer_exp`` clamps. So ``T`` is
+    ``min(Q, 30) * |x0|``; points past it (the masked score's included) are checked too.
+    """
+    x0 = int(constants["x0"])
+    halvings = min(max(63 - int(constants["shift"]), 0), EXP_MAX_HALVINGS)
+    last = halvings * -x0
+    if last + 1 > EXP_TABLE_ENTRIES:
+        return None
+    table = integer_exp(-torch.arange(last + 1, dtype=WIDE), **constants)
+    beyond = torch.tensor([-last - 1, -last + x0, (EXP_MAX_HALVINGS + 1) * x0, MASKED_SCORE - 2**22], dtype=WIDE)
+    if not bool((integer_exp(beyond, **constants) == table[-1]).all()):  # not expected: then no table, the arithmetic
+        return None
+    return table.to(torch.int16)
 
 
 # ---- i-GELU (Algorithm 2) ------------------------------------------------------------------------------
