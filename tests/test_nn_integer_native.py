@@ -16,15 +16,15 @@ HIDDEN, HEADS, FFN = 64, 4, 128
 pytestmark = pytest.mark.skipif(integer_native.load() is None, reason=f"no native kernels: {integer_native.unavailable_reason()}")
 
 
-def _prepared_layer() -> tuple[IntegerEncoderLayer, float]:
-    config = BertConfig(vocab_size=99, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=HEADS,
+def _prepared_layer(hidden: int = HIDDEN, heads: int = HEADS) -> tuple[IntegerEncoderLayer, float]:
+    config = BertConfig(vocab_size=99, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads,
                         intermediate_size=FFN, max_position_embeddings=64)
     torch.manual_seed(0)
     model = BertModel(config).eval()
     generator = torch.Generator().manual_seed(1)
     scales = calibrate(model, [{"input_ids": torch.randint(4, 99, (4, 16), generator=generator)} for _ in range(2)])
     float_layer = model.encoder.layer[0]
-    layer = IntegerEncoderLayer(HIDDEN, HEADS, FFN, {n: scales[f"encoder.layer.0.{n}"] for n in IntegerEncoderLayer.scaled_modules},
+    layer = IntegerEncoderLayer(hidden, heads, FFN, {n: scales[f"encoder.layer.0.{n}"] for n in IntegerEncoderLayer.scaled_modules},
                                 device="meta")
     for name, leaf in list(layer.named_modules()):
         source = float_layer.get_submodule(name)
@@ -37,51 +37,66 @@ def _prepared_layer() -> tuple[IntegerEncoderLayer, float]:
     return layer, input_scale
 
 
-def _masks(batch: int, length: int) -> dict:
+def _masks(batch: int, length: int, heads: int = HEADS) -> dict:
     generator = torch.Generator().manual_seed(3)
     padding = torch.ones(batch, 1, 1, length, dtype=torch.bool)
     padding[0, ..., length // 3:] = False
     padding[1] = False  # a sequence with every key masked: the reference's uniform row
     causal = torch.ones(length, length, dtype=torch.bool).tril().expand(batch, 1, length, length)
-    per_head = torch.rand(batch, HEADS, length, length, generator=generator) > 0.3
+    per_head = torch.rand(batch, heads, length, length, generator=generator) > 0.3
     shared = causal[:1]  # one mask broadcast over the batch
     return {"none": None, "padding": padding, "causal": causal, "shared": shared, "per head": per_head}
 
 
 @pytest.mark.parametrize("kernel", ["onednn", "torch._int_mm"])
-@pytest.mark.parametrize("chunk", ["whole batch", "two sequences", "one head", "three heads"])
-def test_a_layer_on_native_stages_gives_the_reference_integers(kernel, chunk, monkeypatch):
-    length = 21
-    monkeypatch.setattr(integer_native, "ATTENTION_CHUNK_SCORES", {
-        "whole batch": integer_native.ATTENTION_CHUNK_SCORES, "two sequences": 2 * HEADS * length * length,
-        "one head": length * length, "three heads": 3 * length * length}[chunk])
+@pytest.mark.parametrize("attention", ["fused", "whole batch", "two sequences", "one head", "three heads"])
+@pytest.mark.parametrize("heads", [4, 2], ids=["head size 16", "head size 64"])
+@pytest.mark.parametrize("exp", ["table", "arithmetic"])
+def test_a_layer_on_native_stages_gives_the_reference_integers(kernel, attention, heads, exp, monkeypatch):
+    length, hidden = 21, 16 * 16 // heads
+    # These tiny layers' scales need an i-exp table of about 2 million entries, past the default limit.
+    monkeypatch.setattr(ops, "EXP_TABLE_ENTRIES", 2**22 if exp == "table" else 0)
+    if attention == "fused":
+        if not integer_native.load().fused_attention_available():
+            pytest.skip("fused attention needs AVX-512 VNNI")
+    else:  # the fp32 products around the native softmax, in chunks of this many scores
+        monkeypatch.setattr(integer_native, "FUSED_HEAD_SIZES", ())
+        monkeypatch.setattr(integer_native, "ATTENTION_CHUNK_SCORES", {
+            "whole batch": integer_native.ATTENTION_CHUNK_SCORES, "two sequences": 2 * heads * length * length,
+            "one head": length * length, "three heads": 3 * length * length}[attention])
     if kernel == "torch._int_mm":  # int32 accumulators instead of oneDNN's exact fp32
         with overridden(CpuCapabilities(avx2=True, avx512=True)):
-            layer, _ = _prepared_layer()
+            layer, _ = _prepared_layer(hidden, heads)
     else:
-        layer, _ = _prepared_layer()
+        layer, _ = _prepared_layer(hidden, heads)
     assert layer.attention.self.qkv.kernel == kernel or detect().avx512_vnni is False
+    assert (layer.attention.self.softmax_exp_table is not None) == (exp == "table")
     generator = torch.Generator().manual_seed(2)
-    codes = torch.randint(-128, 128, (3, length, HIDDEN), dtype=torch.int8, generator=generator)
+    codes = torch.randint(-128, 128, (3, length, hidden), dtype=torch.int8, generator=generator)
     with torch.no_grad():
-        for name, keep in _masks(3, length).items():
+        for name, keep in _masks(3, length, heads).items():
             native, reference = layer(codes, keep, native=True), layer(codes, keep, native=False)
             assert native.dtype == reference.dtype == torch.int8
             assert torch.equal(native, reference), name
 
 
-def test_softmax_matches_the_reference_over_the_whole_score_range():
-    layer, _ = _prepared_layer()
-    attention = layer.attention.self
-    constants = [getattr(attention, f"softmax_{n}") for n in ("x0", "reciprocal", "reciprocal_shift", "b", "c", "multiplier", "shift")]
+@pytest.mark.parametrize("score_scale", [2e-4, 5e-6], ids=["table", "arithmetic"])
+def test_softmax_matches_the_reference_over_the_whole_score_range(score_scale):
+    constants = ops.softmax_constants(score_scale, 1 / 32767)
+    table = ops.exp_table(constants)
+    assert (table is not None) == (score_scale == 2e-4)  # 16 halvings of |x0| = 3466 fit the default table; 138,629 not
+    x0 = -int(constants["x0"])
     generator = torch.Generator().manual_seed(4)
-    bound = attention.head_size * 128 * 128  # |Q.K^T| for int8 codes
-    scores = torch.randint(-bound, bound + 1, (2, HEADS, 33, 33), generator=generator).to(torch.float32)
-    scores[0, 0, 0] = bound  # ties at the row maximum
-    scores[1, 1, 2] = scores[1, 1, 2, 0]
-    for keep in _masks(2, 33).values():
-        native = integer_native.integer_softmax(scores, keep, attention.softmax_packed)
-        assert torch.equal(native, ops.integer_softmax(scores, keep, *constants).to(torch.float32))
+    bound = 64 * 128 * 128  # |Q.K^T| for int8 codes and head size 64
+    wide = torch.randint(-bound, bound + 1, (2, HEADS, 33, 33), generator=generator)
+    # Within the table's span below the row maximum, and past it up to the 30-halvings clamp.
+    near = bound - torch.randint(0, 32 * x0, (2, HEADS, 33, 33), generator=generator)
+    for scores in (wide.to(torch.float32), near.to(torch.float32)):
+        scores[0, 0, 0] = scores[0, 0, 0].max()  # ties at the row maximum
+        scores[1, 1, 2] = scores[1, 1, 2, 0]
+        for keep in _masks(2, 33).values():
+            native = integer_native.integer_softmax(scores, keep, torch.stack(list(constants.values())), table)
+            assert torch.equal(native, ops.integer_softmax(scores, keep, **constants).to(torch.float32))
 
 
 def test_gelu_and_layernorm_stages_saturate_like_the_reference():
@@ -119,8 +134,9 @@ def test_the_profiler_sees_each_native_stage_under_its_own_name():
     with torch.no_grad(), torch.profiler.profile() as profiler:
         layer(codes, None, native=True)
     stages = {e.key for e in profiler.key_averages() if e.key.startswith(integer_native.PROFILER_PREFIX)}
-    assert stages == {integer_native.PROFILER_PREFIX + s for s in
-                      ("qkv_heads", "softmax", "context_codes", "residual_layernorm", "gelu_codes")}
+    attention = ("qkv_codes", "fused_attention") if integer_native.load().fused_attention_available() else (
+        "qkv_heads", "softmax", "context_codes")
+    assert stages == {integer_native.PROFILER_PREFIX + s for s in (*attention, "residual_layernorm", "gelu_codes")}
     assert {category(stage) for stage in stages} == {"integer stages (native)"}
 
 

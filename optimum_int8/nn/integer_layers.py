@@ -231,7 +231,8 @@ class IntegerSelfAttention(_ScaledModule):
         softmax = ops.softmax_constants(score_scale, scales["exp"])
         for name, value in softmax.items():
             self._constant(f"softmax_{name}", value)
-        self._constant("softmax_packed", torch.stack(list(softmax.values())))  # the native softmax's argument
+        self._constant("softmax_packed", torch.stack(list(softmax.values())))  # the native softmax's arguments
+        self.register_buffer("softmax_exp_table", ops.exp_table(softmax), persistent=False)
         context_ratio = 2.0**-ops.SOFTMAX_BITS * scales["value"] / scales["context"]
         context_shift = ops.dyadic_shift(context_ratio, MAX_SEQUENCE * 2**ops.SOFTMAX_BITS * 128)
         self._constant("context_multiplier", ops.dyadic(context_ratio, context_shift))
@@ -243,13 +244,7 @@ class IntegerSelfAttention(_ScaledModule):
         batch, length, hidden = x.shape
         accumulator = integer_kernels.int8_linear(x.reshape(batch * length, hidden), self.qkv)
         if native:
-            query, key, value = integer_native.qkv_heads(
-                accumulator, self.qkv_multiplier, self.qkv_offset, int(self.qkv_shift), batch, length, self.num_heads
-            )
-            context = integer_native.attention(query, key, value, keep, self.softmax_packed)
-            return integer_native.context_codes(
-                context, int(self.context_multiplier), int(self.context_offset), int(self.context_shift)
-            )
+            return integer_native.self_attention(accumulator, self, keep, batch, length)
         qkv = ops.requantize(accumulator, self.qkv_multiplier, self.qkv_offset, self.qkv_shift, 8)
         query, key, value = qkv.view(batch, length, 3, self.num_heads, self.head_size).permute(2, 0, 3, 1, 4)
         scores = integer_kernels.integer_bmm(query, key.transpose(-1, -2))

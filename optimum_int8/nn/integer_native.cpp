@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <vector>
 
+#if defined(__AVX512VNNI__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 // Threads per parallel loop: torch's intra-op thread count, set by the caller (set_threads). OpenMP's own setting is
@@ -58,8 +62,84 @@ inline void layernorm_row(int64_t* x, int64_t n, const int64_t* multiplier, cons
   }
 }
 
-template <typename T>
-void qkv_heads(const T* accumulator, const int64_t* multiplier, const int64_t* offset, int64_t shift, float* out,
+// integer_ops.integer_softmax constants, in softmax_constants order, and integer_ops.exp_table (nullable): the i-exp
+// of -i at index i up to `table_last`, the exp of everything below.
+struct SoftmaxConstants {
+  int64_t x0, reciprocal, reciprocal_shift, b, c, multiplier, shift;
+  const int16_t* table;
+  int32_t table_last;
+  SoftmaxConstants(const int64_t* k, const int16_t* exp_table, int64_t exp_table_last)
+      : x0(k[0]), reciprocal(k[1]), reciprocal_shift(k[2]), b(k[3]), c(k[4]), multiplier(k[5]), shift(k[6]),
+        table(exp_table), table_last(static_cast<int32_t>(exp_table_last)) {}
+};
+
+// The i-exp of a row from the table: int32 indices, one gather each. A masked key's exp is the table's last entry (its
+// score is below the maximum by more than the table spans), or exp(0) in a row with no key to attend to, where the
+// reference's maximum is the masked score itself.
+template <typename Score>
+inline int64_t table_exp_row(const Score* in, const uint8_t* kept, int64_t keys, const SoftmaxConstants& k,
+                             int32_t* e) {
+  int32_t maximum = INT32_MIN;
+  bool any = kept == nullptr;
+  for (int64_t j = 0; j < keys; ++j) {
+    const int32_t score = static_cast<int32_t>(in[j]);
+    const bool counts = kept == nullptr || kept[j];
+    maximum = counts ? std::max(maximum, score) : maximum;
+    any = any || counts;
+  }
+  const int32_t masked = any ? k.table_last : 0;
+  int32_t total = 0;
+  for (int64_t j = 0; j < keys; ++j) {
+    const int32_t index = (kept == nullptr || kept[j]) ? std::min(maximum - static_cast<int32_t>(in[j]), k.table_last)
+                                                       : masked;
+    e[j] = k.table[index];
+    total += e[j];
+  }
+  return total;
+}
+
+// integer_ops.integer_softmax of one row of `keys` integer scores; `kept` (nullable) marks the keys it may attend to.
+// `x` is scratch for `keys` values; the probabilities (0 to 256) go to `out`.
+template <typename Score, typename Out>
+inline void softmax_row(const Score* in, const uint8_t* kept, int64_t keys, const SoftmaxConstants& k, int64_t* x,
+                        Out* out) {
+  if (k.table != nullptr) {
+    int32_t* e = reinterpret_cast<int32_t*>(x);
+    const int64_t factor = (int64_t(1) << kSoftmaxSumBits) / std::max(table_exp_row(in, kept, keys, k, e), int64_t(1));
+    for (int64_t j = 0; j < keys; ++j) out[j] = static_cast<Out>((e[j] * factor) >> (kSoftmaxSumBits - kSoftmaxBits));
+    return;
+  }
+  int64_t maximum = INT64_MIN;
+  if (kept != nullptr) {
+    for (int64_t j = 0; j < keys; ++j) {  // a select through a bit mask: a branch-free loop the compiler vectorizes
+      const int64_t keep_all = -static_cast<int64_t>(kept[j]);
+      x[j] = (static_cast<int64_t>(in[j]) & keep_all) | (kMaskedScore & ~keep_all);
+      maximum = std::max(maximum, x[j]);
+    }
+  } else {
+    for (int64_t j = 0; j < keys; ++j) {
+      x[j] = static_cast<int64_t>(in[j]);
+      maximum = std::max(maximum, x[j]);
+    }
+  }
+  const int64_t floor_x = k.x0 * kExpMaxHalvings;
+  int64_t total = 0;
+  for (int64_t j = 0; j < keys; ++j) {
+    const int64_t v = std::max(x[j] - maximum, floor_x);
+    const int64_t q = (-v * k.reciprocal) >> k.reciprocal_shift;
+    const int64_t r = v - k.x0 * q;
+    const int64_t poly = (r + k.b) * r + k.c;
+    const int64_t total_shift = std::min(k.shift + q, int64_t(63));
+    const int64_t e = std::min(std::max((((poly * k.multiplier) >> (total_shift - 1)) + 1) >> 1, int64_t(0)), kExpMax);
+    x[j] = e;
+    total += e;
+  }
+  const int64_t factor = (int64_t(1) << kSoftmaxSumBits) / std::max(total, int64_t(1));
+  for (int64_t j = 0; j < keys; ++j) out[j] = static_cast<Out>((x[j] * factor) >> (kSoftmaxSumBits - kSoftmaxBits));
+}
+
+template <typename T, typename Out>
+void qkv_heads(const T* accumulator, const int64_t* multiplier, const int64_t* offset, int64_t shift, Out* out,
                int64_t batch, int64_t length, int64_t heads, int64_t head_size) {
   const int64_t hidden = heads * head_size;
 #pragma omp parallel for num_threads(g_threads)
@@ -68,11 +148,11 @@ void qkv_heads(const T* accumulator, const int64_t* multiplier, const int64_t* o
     const T* in = accumulator + row * 3 * hidden;
     for (int64_t block = 0; block < 3 * heads; ++block) {  // (projection, head) pairs, in column order
       const int64_t projection = block / heads, h = block % heads;
-      float* target = out + (((projection * batch + b) * heads + h) * length + l) * head_size;
+      Out* target = out + (((projection * batch + b) * heads + h) * length + l) * head_size;
       const int64_t start = block * head_size;
       for (int64_t d = 0; d < head_size; ++d) {
         const int64_t c = start + d;
-        target[d] = static_cast<float>(saturate((static_cast<int64_t>(in[c]) * multiplier[c] + offset[c]) >> shift, 8));
+        target[d] = static_cast<Out>(saturate((static_cast<int64_t>(in[c]) * multiplier[c] + offset[c]) >> shift, 8));
       }
     }
   }
@@ -124,6 +204,135 @@ void gelu_codes(const T* accumulator, const int64_t* bias, const int64_t* b, con
   }
 }
 
+
+#if defined(__AVX512VNNI__)
+constexpr int64_t kQueryRows = 4;  // query rows whose P.V share each load of V (16 independent sums for head size 64)
+
+// One query's scores against the packed keys: four blocks of 16 keys at a time, so that four independent vpdpbusd
+// chains hide its latency.
+inline void query_scores(const int8_t* query, const int8_t* k_packed, const int32_t* key_offsets, int64_t padded,
+                         int64_t groups, int32_t* scores) {
+  __m512i shifted[64];  // four query codes per lane as unsigned bytes: code + 128 is the code with its top bit flipped
+  for (int64_t g = 0; g < groups; ++g) {
+    int32_t four;
+    __builtin_memcpy(&four, query + 4 * g, 4);
+    shifted[g] = _mm512_set1_epi32(four ^ static_cast<int32_t>(0x80808080u));
+  }
+  int64_t block = 0;
+  for (; block + 4 <= padded / 16; block += 4) {
+    __m512i sums[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int64_t g = 0; g < groups; ++g)
+      for (int u = 0; u < 4; ++u)
+        sums[u] = _mm512_dpbusd_epi32(sums[u], shifted[g], _mm512_loadu_si512(k_packed + ((block + u) * groups + g) * 64));
+    for (int u = 0; u < 4; ++u)
+      _mm512_storeu_si512(scores + (block + u) * 16,
+                          _mm512_sub_epi32(sums[u], _mm512_loadu_si512(key_offsets + (block + u) * 16)));
+  }
+  for (; block < padded / 16; ++block) {
+    __m512i sums = _mm512_setzero_si512();
+    for (int64_t g = 0; g < groups; ++g)
+      sums = _mm512_dpbusd_epi32(sums, shifted[g], _mm512_loadu_si512(k_packed + (block * groups + g) * 64));
+    _mm512_storeu_si512(scores + block * 16, _mm512_sub_epi32(sums, _mm512_loadu_si512(key_offsets + block * 16)));
+  }
+}
+
+inline __m512i probability_pair(const int16_t* probabilities, int64_t pair) {
+  int32_t both;  // the probabilities of keys 2 pair and 2 pair + 1, as one int16 pair
+  __builtin_memcpy(&both, probabilities + 2 * pair, 4);
+  return _mm512_set1_epi32(both);
+}
+
+// P.V for `Rows` queries at once (probabilities: Rows rows of `padded`), head size 16 * Blocks, into sums [Rows][head].
+template <int Blocks, int Rows>
+inline void weighted_values(const int16_t* probabilities, const int16_t* v_packed, int64_t padded, int64_t head_size,
+                            int32_t* sums) {
+  __m512i context[Rows][Blocks];
+  for (int r = 0; r < Rows; ++r)
+    for (int c = 0; c < Blocks; ++c) context[r][c] = _mm512_setzero_si512();
+  for (int64_t pair = 0; pair < padded / 2; ++pair) {
+    __m512i values[Blocks];
+    for (int c = 0; c < Blocks; ++c) values[c] = _mm512_loadu_si512(v_packed + (pair * head_size + c * 16) * 2);
+    for (int r = 0; r < Rows; ++r) {
+      const __m512i weights = probability_pair(probabilities + r * padded, pair);
+      for (int c = 0; c < Blocks; ++c) context[r][c] = _mm512_dpwssd_epi32(context[r][c], weights, values[c]);
+    }
+  }
+  for (int r = 0; r < Rows; ++r)
+    for (int c = 0; c < Blocks; ++c) _mm512_storeu_si512(sums + r * head_size + c * 16, context[r][c]);
+}
+
+// P.V for one query, any head size that is a multiple of 16.
+inline void weighted_values_any(const int16_t* probabilities, const int16_t* v_packed, int64_t padded,
+                                int64_t head_size, int32_t* sums) {
+  for (int64_t c = 0; c < head_size / 16; ++c) {
+    __m512i context = _mm512_setzero_si512();
+    for (int64_t pair = 0; pair < padded / 2; ++pair)
+      context = _mm512_dpwssd_epi32(context, probability_pair(probabilities, pair),
+                                    _mm512_loadu_si512(v_packed + (pair * head_size + c * 16) * 2));
+    _mm512_storeu_si512(sums + c * 16, context);
+  }
+}
+
+// softmax(Q.K^T).V on int8 codes for one (sequence, head), with VNNI dot products: 16 scores per vpdpbusd chain,
+// 16 context dims per vpdpwssd. Q, K, V: [length, head_size] int8, head_size a multiple of 16. Every product and sum
+// is an exact int32 (|score| <= 255 * 128 * head_size, |context| <= 256 * 128 * length), so the integers are those of
+// the fp32 products of the reference; the softmax is softmax_row and the requantization integer_ops.requantize.
+void attention_head(const int8_t* q, const int8_t* k, const int8_t* v, const bool* keep, int64_t keep_row_stride,
+                    const SoftmaxConstants& constants, int64_t multiplier, int64_t offset, int64_t shift,
+                    int64_t length, int64_t head_size, int64_t out_row_stride, int8_t* out, int8_t* k_packed,
+                    int32_t* key_offsets, int16_t* v_packed, int32_t* scores, int64_t* x, int16_t* probabilities) {
+  const int64_t padded = (length + 15) / 16 * 16, groups = head_size / 4, blocks = head_size / 16;
+  // K as [key block of 16][group of 4 dims][16 keys][4 dims]: one 64-byte operand per (block, group). Keys past the
+  // length are zero.
+  for (int64_t j = 0; j < padded; ++j) {
+    int32_t* packed = reinterpret_cast<int32_t*>(k_packed) + (j / 16) * groups * 16 + j % 16;
+    int32_t sum = 0;
+    if (j < length) {
+      const int8_t* row = k + j * head_size;
+      for (int64_t g = 0; g < groups; ++g) __builtin_memcpy(packed + g * 16, row + 4 * g, 4);
+      for (int64_t d = 0; d < head_size; ++d) sum += row[d];
+    } else {
+      for (int64_t g = 0; g < groups; ++g) packed[g * 16] = 0;
+    }
+    key_offsets[j] = 128 * sum;  // vpdpbusd multiplies unsigned q + 128: subtract 128 * sum(k)
+  }
+  // V as [key pair][dim][2 keys] int16: 16 dims of two keys per 64-byte operand.
+  for (int64_t pair = 0; pair < padded / 2; ++pair) {
+    int16_t* packed = v_packed + pair * head_size * 2;
+    const int8_t* first = v + 2 * pair * head_size;
+    const bool has_first = 2 * pair < length, has_second = 2 * pair + 1 < length;
+    for (int64_t d = 0; d < head_size; ++d) {
+      packed[2 * d] = has_first ? first[d] : 0;
+      packed[2 * d + 1] = has_second ? first[head_size + d] : 0;
+    }
+  }
+  for (int64_t r = 0; r < kQueryRows; ++r)
+    for (int64_t j = length; j < padded; ++j) probabilities[r * padded + j] = 0;
+  for (int64_t first = 0; first < length; first += kQueryRows) {
+    const int64_t rows = std::min(kQueryRows, length - first);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = first + r;
+      query_scores(q + i * head_size, k_packed, key_offsets, padded, groups, scores);
+      const uint8_t* kept = keep != nullptr ? reinterpret_cast<const uint8_t*>(keep + i * keep_row_stride) : nullptr;
+      softmax_row(scores, kept, length, constants, x, probabilities + r * padded);
+    }
+    alignas(64) int32_t sums[kQueryRows * 256];
+    if (blocks == 4 && rows == kQueryRows) {
+      weighted_values<4, kQueryRows>(probabilities, v_packed, padded, head_size, sums);
+    } else {
+      for (int64_t r = 0; r < rows; ++r)
+        weighted_values_any(probabilities + r * padded, v_packed, padded, head_size, sums + r * head_size);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      int8_t* target = out + (first + r) * out_row_stride;
+      for (int64_t d = 0; d < head_size; ++d)
+        target[d] = static_cast<int8_t>(
+            saturate((static_cast<int64_t>(sums[r * head_size + d]) * multiplier + offset) >> shift, 8));
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 extern "C" {
@@ -141,50 +350,72 @@ void qkv_heads_i32(const int32_t* a, const int64_t* m, const int64_t* o, int64_t
   qkv_heads(a, m, o, s, out, batch, length, heads, head_size);
 }
 
+// The same requantization as qkv_heads_*, to int8 codes: the operands of fused_attention.
+void qkv_codes_f32(const float* a, const int64_t* m, const int64_t* o, int64_t s, int8_t* out, int64_t batch,
+                   int64_t length, int64_t heads, int64_t head_size) {
+  qkv_heads(a, m, o, s, out, batch, length, heads, head_size);
+}
+void qkv_codes_i32(const int32_t* a, const int64_t* m, const int64_t* o, int64_t s, int8_t* out, int64_t batch,
+                   int64_t length, int64_t heads, int64_t head_size) {
+  qkv_heads(a, m, o, s, out, batch, length, heads, head_size);
+}
+
+// Whether fused_attention was compiled (AVX-512 VNNI).
+int64_t fused_attention_available() {
+#if defined(__AVX512VNNI__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// Q.K^T, integer softmax, P.V and the context's requantization in one pass per (sequence, head), from the int8 codes
+// qkv [3, batch, heads, length, head_size] to int8 context codes [batch, length, heads * head_size]. `keep`
+// (nullable): bool [batch, keep_heads, keep_rows, length], keep_heads 1 or heads, keep_rows 1 or length.
+void fused_attention(const int8_t* qkv, const bool* keep, int64_t keep_heads, int64_t keep_rows, const int64_t* k,
+                     const int16_t* table, int64_t table_last, int64_t multiplier, int64_t offset, int64_t shift,
+                     int8_t* out, int64_t batch, int64_t heads, int64_t length, int64_t head_size) {
+#if defined(__AVX512VNNI__)
+  const SoftmaxConstants constants(k, table, table_last);
+  const int64_t padded = (length + 15) / 16 * 16, per_head = length * head_size;
+#pragma omp parallel num_threads(g_threads)
+  {
+    std::vector<int8_t> k_packed(padded * head_size);
+    std::vector<int32_t> key_offsets(padded), scores(padded);
+    std::vector<int16_t> v_packed(padded * head_size), probabilities(kQueryRows * padded);
+    std::vector<int64_t> x(length);
+#pragma omp for
+    for (int64_t item = 0; item < batch * heads; ++item) {
+      const int64_t b = item / heads, h = item % heads;
+      const int8_t* q = qkv + item * per_head;
+      const bool* kept = keep == nullptr ? nullptr
+                         : keep + ((b * keep_heads + (keep_heads > 1 ? h : 0)) * keep_rows) * length;
+      attention_head(q, q + batch * heads * per_head, q + 2 * batch * heads * per_head, kept,
+                     keep_rows > 1 ? length : 0, constants, multiplier, offset, shift, length, head_size,
+                     heads * head_size, out + b * length * heads * head_size + h * head_size, k_packed.data(),
+                     key_offsets.data(), v_packed.data(), scores.data(), x.data(), probabilities.data());
+    }
+  }
+#endif
+}
+
 // integer_ops.integer_softmax over rows of `keys` scores (fp32 holding exact integers), probabilities out as fp32.
 // `keep` (nullable): bool [batch, keep_rows, keys], keep_rows 1 (one padding row per sequence) or `queries`.
-void integer_softmax(const float* scores, const bool* keep, int64_t keep_rows, const int64_t* k, float* out,
-                     int64_t rows, int64_t queries, int64_t rows_per_batch, int64_t keys) {
-  const int64_t x0 = k[0], reciprocal = k[1], reciprocal_shift = k[2], b = k[3], c = k[4], multiplier = k[5],
-                shift = k[6];
-  const int64_t floor_x = x0 * kExpMaxHalvings;
+void integer_softmax(const float* scores, const bool* keep, int64_t keep_rows, const int64_t* k, const int16_t* table,
+                     int64_t table_last, float* out, int64_t rows, int64_t queries, int64_t rows_per_batch,
+                     int64_t keys) {
+  const SoftmaxConstants constants(k, table, table_last);
 #pragma omp parallel num_threads(g_threads)
   {
     std::vector<int64_t> x(keys);
 #pragma omp for
     for (int64_t row = 0; row < rows; ++row) {
-      const float* in = scores + row * keys;
-      int64_t maximum = INT64_MIN;
+      const uint8_t* kept = nullptr;
       if (keep != nullptr) {
         const int64_t query = keep_rows == 1 ? 0 : row % queries;
-        const bool* kept = keep + ((row / rows_per_batch) * keep_rows + query) * keys;
-        const uint8_t* kept_bytes = reinterpret_cast<const uint8_t*>(kept);
-        for (int64_t j = 0; j < keys; ++j) {  // a select through a bit mask: a branch-free loop the compiler vectorizes
-          const int64_t keep_all = -static_cast<int64_t>(kept_bytes[j]);
-          x[j] = (static_cast<int64_t>(in[j]) & keep_all) | (kMaskedScore & ~keep_all);
-          maximum = std::max(maximum, x[j]);
-        }
-      } else {
-        for (int64_t j = 0; j < keys; ++j) {
-          x[j] = static_cast<int64_t>(in[j]);
-          maximum = std::max(maximum, x[j]);
-        }
+        kept = reinterpret_cast<const uint8_t*>(keep + ((row / rows_per_batch) * keep_rows + query) * keys);
       }
-      int64_t total = 0;
-      for (int64_t j = 0; j < keys; ++j) {
-        const int64_t v = std::max(x[j] - maximum, floor_x);
-        const int64_t q = (-v * reciprocal) >> reciprocal_shift;
-        const int64_t r = v - x0 * q;
-        const int64_t poly = (r + b) * r + c;
-        const int64_t total_shift = std::min(shift + q, int64_t(63));
-        const int64_t e = std::min(std::max((((poly * multiplier) >> (total_shift - 1)) + 1) >> 1, int64_t(0)), kExpMax);
-        x[j] = e;
-        total += e;
-      }
-      const int64_t factor = (int64_t(1) << kSoftmaxSumBits) / std::max(total, int64_t(1));
-      float* target = out + row * keys;
-      for (int64_t j = 0; j < keys; ++j)
-        target[j] = static_cast<float>((x[j] * factor) >> (kSoftmaxSumBits - kSoftmaxBits));
+      softmax_row(scores + row * keys, kept, keys, constants, x.data(), out + row * keys);
     }
   }
 }

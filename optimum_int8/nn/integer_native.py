@@ -34,14 +34,19 @@ _POINTER, _INT = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "qkv_heads_f32": [_POINTER] * 3 + [_INT, _POINTER] + [_INT] * 4,
     "qkv_heads_i32": [_POINTER] * 3 + [_INT, _POINTER] + [_INT] * 4,
-    "integer_softmax": [_POINTER, _POINTER, _INT, _POINTER, _POINTER] + [_INT] * 4,
+    "integer_softmax": [_POINTER, _POINTER, _INT, _POINTER, _POINTER, _INT, _POINTER] + [_INT] * 4,
     "context_codes": [_POINTER] + [_INT] * 3 + [_POINTER] + [_INT] * 4,
     "residual_layernorm_f32": [_POINTER] * 7 + [_INT, _INT, _POINTER, _POINTER, _INT, _POINTER, _INT, _INT],
     "residual_layernorm_i32": [_POINTER] * 7 + [_INT, _INT, _POINTER, _POINTER, _INT, _POINTER, _INT, _INT],
     "gelu_codes_f32": [_POINTER] * 7 + [_INT, _INT, _POINTER, _INT, _INT],
     "gelu_codes_i32": [_POINTER] * 7 + [_INT, _INT, _POINTER, _INT, _INT],
     "set_threads": [_INT],
+    "qkv_codes_f32": [_POINTER] * 3 + [_INT, _POINTER] + [_INT] * 4,
+    "qkv_codes_i32": [_POINTER] * 3 + [_INT, _POINTER] + [_INT] * 4,
+    "fused_attention": [_POINTER, _POINTER, _INT, _INT, _POINTER, _POINTER] + [_INT] * 4 + [_POINTER] + [_INT] * 4,
+    "fused_attention_available": [],
 }
+FUSED_HEAD_SIZES = range(16, 257, 16)  # what fused_attention's registers hold
 
 
 class _Library:
@@ -62,7 +67,8 @@ def vector_flags() -> list[str]:
     the CPU lacks would crash)."""
     cpu = capabilities.detect()
     if cpu.avx512:
-        return ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"]
+        return ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"] + (
+            ["-mavx512vnni"] if cpu.avx512_vnni else [])
     if cpu.avx2:
         return ["-mavx2", "-mfma"]
     return []
@@ -104,6 +110,7 @@ def load() -> ctypes.CDLL | None:
                 for name, argtypes in _SIGNATURES.items():
                     function = getattr(handle, name)
                     function.argtypes, function.restype = argtypes, None
+                handle.fused_attention_available.restype = ctypes.c_int64
                 _Library.handle, _Library.path = handle, path
             except (OSError, RuntimeError, AttributeError) as error:
                 _Library.failure = f"{type(error).__name__}: {error}"
@@ -160,24 +167,59 @@ def _variant(name: str, dtype: torch.dtype):
     return getattr(_Library.handle, f"{name}_{suffix}")
 
 
-def qkv_heads(accumulator: torch.Tensor, multiplier, offset, shift: int, batch: int, length: int, heads: int):
-    """Requantize the fused Q/K/V accumulator [batch * length, 3 * hidden] to int8 codes; returns query, key and value
-    as fp32 [batch, heads, length, head_size]."""
+def _qkv(kernel: str, dtype: torch.dtype, accumulator: torch.Tensor, multiplier, offset, shift: int, batch: int,
+         length: int, heads: int) -> torch.Tensor:
     accumulator = accumulator.contiguous()
     head_size = accumulator.shape[-1] // (3 * heads)
-    out = torch.empty(3, batch, heads, length, head_size, dtype=torch.float32)
+    out = torch.empty(3, batch, heads, length, head_size, dtype=dtype)
     _run(
-        "qkv_heads", _variant("qkv_heads", accumulator.dtype), _pointer(accumulator, torch.float32, torch.int32),
+        kernel, _variant(kernel, accumulator.dtype), _pointer(accumulator, torch.float32, torch.int32),
         _pointer(multiplier, torch.int64), _pointer(offset, torch.int64), shift, out.data_ptr(), batch, length, heads,
         head_size,
     )
-    return out.unbind(0)
+    return out
 
 
-def integer_softmax(scores: torch.Tensor, keep: torch.Tensor | None, constants: torch.Tensor) -> torch.Tensor:
+def self_attention(accumulator: torch.Tensor, attention, keep: torch.Tensor | None, batch: int, length: int) -> torch.Tensor:
+    """Everything of ``IntegerSelfAttention`` after its Q/K/V GEMM: the accumulator [batch * length, 3 * hidden] in,
+    the int8 context codes [batch, length, hidden] out, with ``attention``'s prepared constants.
+
+    With AVX-512 VNNI (and a head size ``fused_attention`` holds) one fused pass per (sequence, head) on int8 codes:
+    Q.K^T and P.V as VNNI dot products, the softmax between them, no scores in memory. Elsewhere exact fp32 products
+    around the native softmax (``attention``).
+    """
+    heads, head_size = attention.num_heads, attention.head_size
+    qkv = (accumulator, attention.qkv_multiplier, attention.qkv_offset, int(attention.qkv_shift), batch, length, heads)
+    context = int(attention.context_multiplier), int(attention.context_offset), int(attention.context_shift)
+    if not (_Library.handle.fused_attention_available() and head_size in FUSED_HEAD_SIZES):
+        query, key, value = _qkv("qkv_heads", torch.float32, *qkv).unbind(0)
+        sums = _chunked_attention(query, key, value, keep, attention.softmax_packed, attention.softmax_exp_table)
+        return context_codes(sums, *context)
+    codes = _qkv("qkv_codes", torch.int8, *qkv)
+    keep_heads = keep_rows = 1
+    if keep is not None:
+        keep_heads, keep_rows = keep.shape[1], keep.shape[2]
+        keep = keep.expand(batch, keep_heads, keep_rows, length).contiguous()
+    out = torch.empty(batch, length, heads * head_size, dtype=torch.int8)
+    _run(
+        "fused_attention", _Library.handle.fused_attention, codes.data_ptr(), _pointer(keep, torch.bool), keep_heads,
+        keep_rows, _pointer(attention.softmax_packed, torch.int64), *_table(attention.softmax_exp_table), *context,
+        out.data_ptr(), batch, heads, length, head_size,
+    )
+    return out
+
+
+def _table(exp_table: torch.Tensor | None) -> tuple:
+    """The pointer and last index of ``integer_ops.exp_table`` (None: the i-exp's arithmetic instead)."""
+    return (None, 0) if exp_table is None else (_pointer(exp_table, torch.int16), exp_table.numel() - 1)
+
+
+def integer_softmax(scores: torch.Tensor, keep: torch.Tensor | None, constants: torch.Tensor,
+                    exp_table: torch.Tensor | None) -> torch.Tensor:
     """``integer_ops.integer_softmax`` of fp32 ``scores`` [batch, heads, queries, keys]; probabilities as fp32.
 
-    ``constants``: int64 [7], the softmax constants in ``softmax_constants`` order. ``keep`` broadcasts to the scores.
+    ``constants``: int64 [7], the softmax constants in ``softmax_constants`` order; ``exp_table``: their
+    ``integer_ops.exp_table`` or None. ``keep`` broadcasts to the scores.
     """
     scores = scores.contiguous()
     batch, heads, queries, keys = scores.shape
@@ -192,8 +234,8 @@ def integer_softmax(scores: torch.Tensor, keep: torch.Tensor | None, constants: 
     out = torch.empty_like(scores)
     _run(
         "softmax", _Library.handle.integer_softmax, _pointer(scores, torch.float32), _pointer(keep, torch.bool),
-        keep_rows, _pointer(constants, torch.int64), out.data_ptr(), batch * heads * queries, queries, rows_per_batch,
-        keys,
+        keep_rows, _pointer(constants, torch.int64), *_table(exp_table), out.data_ptr(), batch * heads * queries,
+        queries, rows_per_batch, keys,
     )
     return out
 
@@ -201,7 +243,8 @@ def integer_softmax(scores: torch.Tensor, keep: torch.Tensor | None, constants: 
 ATTENTION_CHUNK_SCORES = 2**20  # scores per chunk: 4 MiB of fp32, within a core's L2
 
 
-def attention(query, key, value, keep: torch.Tensor | None, softmax_constants: torch.Tensor) -> torch.Tensor:
+def _chunked_attention(query, key, value, keep: torch.Tensor | None, softmax_constants: torch.Tensor,
+                       exp_table: torch.Tensor | None) -> torch.Tensor:
     """``softmax(query . key^T) . value`` on integers, for query, key and value [batch, heads, length, head_size] (fp32
     codes): the context [batch, heads, length, head_size] as fp32 integers.
 
@@ -224,7 +267,7 @@ def attention(query, key, value, keep: torch.Tensor | None, softmax_constants: t
                 chunk_keep = keep[rows] if keep.shape[0] > 1 else keep
                 chunk_keep = chunk_keep[:, columns] if chunk_keep.shape[1] > 1 else chunk_keep
             scores = integer_kernels.integer_bmm(query[rows, columns], key[rows, columns].transpose(-1, -2))
-            probabilities = integer_softmax(scores, chunk_keep, softmax_constants)
+            probabilities = integer_softmax(scores, chunk_keep, softmax_constants, exp_table)
             context[rows, columns] = integer_kernels.integer_bmm(probabilities, value[rows, columns])
     return context
 
