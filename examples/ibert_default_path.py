@@ -6,7 +6,7 @@ Builds the benchmark's RoBERTa-base-shaped (or BERT-base-shaped) classifier with
 download), quantizes it with ``Int8Config(scheme="ibert")`` on random token batches, saves and reloads it, then
 times calls of several batch sizes and sequence lengths as a user would make them: the first call of the
 process loads the native integer kernels (``optimum_int8/ibert/compilation.py``; on a machine that never ran them it
-builds them first, about a second), and no shape compiles anything. Every output is compared with the same model run
+builds them first, a second or two), and no shape compiles anything. Every output is compared with the same model run
 eagerly (``compile_integer_layers(model, enabled=False)``): bit-identical.
 """
 

@@ -4,7 +4,7 @@ user's own.
 Eager PyTorch runs every integer op of a layer (requantization, i-exp softmax, i-GELU, integer LayerNorm) as its own
 pass over int64 tensors. The fast path runs each of these stages as one row-fused native loop instead
 (``nn/integer_native.py``): the first call of a process loads them, and on a machine that never ran them compiles
-them first (about a second, once; no graph per shape, so every batch size and sequence length runs at once). The
+them first (a second or two, once; no graph per shape, so every batch size and sequence length runs at once). The
 loops do the reference's integer arithmetic, so outputs are bit-identical to the eager path.
 
 Where the kernels cannot be built (no C++ compiler), the first call runs eagerly, one ``IntegerCompileWarning`` says

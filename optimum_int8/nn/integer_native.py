@@ -1,15 +1,17 @@
 """The integer-only (I-BERT) elementwise stages as native row-fused loops (``integer_native.cpp``), built once per machine.
 
-Each stage (Q/K/V requantization into heads, i-exp softmax, context requantization, residual sum + integer LayerNorm,
-i-GELU) reads its rows once, keeps them in cache and writes int8 codes, where ``torch.compile``'s kernels made
-several passes over whole int64 tensors; and there is no graph to compile. They run on ``torch.get_num_threads()``
-threads, with the OpenMP runtime torch loaded. The loops do
+Each stage (Q/K/V requantization into heads, attention, residual sum + integer LayerNorm, i-GELU) reads its rows once,
+keeps them in cache and writes int8 codes, where ``torch.compile``'s kernels made several passes over whole int64
+tensors; and there is no graph to compile. With AVX-512 VNNI the attention is one pass per (sequence, head): Q.K^T and
+P.V as exact int32 VNNI dot products around the softmax, no scores in memory; elsewhere fp32 products (exact) around
+a native softmax. The i-exp reads ``integer_ops.exp_table`` where the scales give one. The stages run on
+``torch.get_num_threads()`` threads, with the OpenMP runtime torch loaded. The loops do
 exactly the int64 arithmetic of their references in ``integer_ops``, so outputs are bit-identical
 (``tests/test_nn_integer_native.py``).
 
 The source is compiled with the C++ compiler inductor also uses (``$CXX``, else ``g++``), with OpenMP and the vector
 instructions this CPU has, into ``$OPTIMUM_INT8_CACHE_DIR`` (default ``~/.cache/optimum-int8``), named by a hash of
-source and flags: one compile (about a second) per machine and version, then a load. ``load()`` returns None, with
+source and flags: one compile (a second or two) per machine and version, then a load. ``load()`` returns None, with
 ``unavailable_reason()`` saying why, where that fails.
 """
 
