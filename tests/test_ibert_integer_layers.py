@@ -2,19 +2,17 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
-from optimum_int8.ibert import calibrate
 from optimum_int8.nn import Int8DynamicLinear
 from optimum_int8.nn.kernels.capabilities import CpuCapabilities, overridden
 from optimum_int8.nn.integer_layers import (
     IntegerEmbedding,
-    IntegerEncoderLayer,
     IntegerLayerNorm,
     IntegerLinear,
     IntegerSelfAttention,
     packed_weights,
 )
+from integer_layer import integer_bert_layer
 
 
 def _linear(out_features=24, in_features=16, seed=0) -> torch.nn.Linear:
@@ -88,22 +86,8 @@ def test_activation_scales_are_checked_against_the_points_a_module_needs():
 
 
 def test_integer_encoder_layer_tracks_the_float_layer():
-    config = BertConfig(vocab_size=99, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
-                        max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = BertModel(config).eval()
-    generator = torch.Generator().manual_seed(1)
-    batches = [{"input_ids": torch.randint(4, 99, (4, 16), generator=generator)} for _ in range(4)]
-    scales = calibrate(model, batches)
+    model, layer, scales, batches = integer_bert_layer(64, 4, 128, batches=4)
     float_layer = model.encoder.layer[0]
-    layer = IntegerEncoderLayer(64, 4, 128, {name: scales[f"encoder.layer.0.{name}"] for name in IntegerEncoderLayer.scaled_modules},
-                                device="meta")
-    for name, leaf in list(layer.named_modules()):
-        source = float_layer.get_submodule(name)
-        if isinstance(leaf, IntegerLinear):
-            layer.set_submodule(name, IntegerLinear.from_float(source.weight, source.bias))
-        elif isinstance(leaf, IntegerLayerNorm):
-            layer.set_submodule(name, IntegerLayerNorm.from_float(source))
     input_scale = scales["embeddings"]["output"]
     output_scale = layer.prepare(input_scale)
     with torch.no_grad():

@@ -3,38 +3,22 @@ mask, and a build that is cached, atomic and reports why it failed."""
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
-from optimum_int8.ibert import calibrate
 from optimum_int8.nn import integer_native
 from optimum_int8.nn import integer_ops as ops
-from optimum_int8.nn.integer_layers import IntegerEncoderLayer, IntegerLayerNorm, IntegerLinear
+from optimum_int8.nn.integer_layers import IntegerEncoderLayer
 from optimum_int8.nn.kernels.capabilities import CpuCapabilities, detect, overridden
+from integer_layer import integer_bert_layer
 
 HIDDEN, HEADS, FFN = 64, 4, 128
 
 pytestmark = pytest.mark.skipif(integer_native.load() is None, reason=f"no native kernels: {integer_native.unavailable_reason()}")
 
 
-def _prepared_layer(hidden: int = HIDDEN, heads: int = HEADS) -> tuple[IntegerEncoderLayer, float]:
-    config = BertConfig(vocab_size=99, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=heads,
-                        intermediate_size=FFN, max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = BertModel(config).eval()
-    generator = torch.Generator().manual_seed(1)
-    scales = calibrate(model, [{"input_ids": torch.randint(4, 99, (4, 16), generator=generator)} for _ in range(2)])
-    float_layer = model.encoder.layer[0]
-    layer = IntegerEncoderLayer(hidden, heads, FFN, {n: scales[f"encoder.layer.0.{n}"] for n in IntegerEncoderLayer.scaled_modules},
-                                device="meta")
-    for name, leaf in list(layer.named_modules()):
-        source = float_layer.get_submodule(name)
-        if isinstance(leaf, IntegerLinear):
-            layer.set_submodule(name, IntegerLinear.from_float(source.weight, source.bias))
-        elif isinstance(leaf, IntegerLayerNorm):
-            layer.set_submodule(name, IntegerLayerNorm.from_float(source))
-    input_scale = scales["embeddings"]["output"]
-    layer.prepare(input_scale)
-    return layer, input_scale
+def _prepared_layer(hidden: int = HIDDEN, heads: int = HEADS) -> IntegerEncoderLayer:
+    _, layer, scales, _ = integer_bert_layer(hidden, heads, FFN, batches=2)
+    layer.prepare(scales["embeddings"]["output"])
+    return layer
 
 
 def _masks(batch: int, length: int, heads: int = HEADS) -> dict:
@@ -66,9 +50,9 @@ def test_a_layer_on_native_stages_gives_the_reference_integers(kernel, attention
             "one head": length * length, "three heads": 3 * length * length}[attention])
     if kernel == "torch._int_mm":  # int32 accumulators instead of oneDNN's exact fp32
         with overridden(CpuCapabilities(avx2=True, avx512=True)):
-            layer, _ = _prepared_layer(hidden, heads)
+            layer = _prepared_layer(hidden, heads)
     else:
-        layer, _ = _prepared_layer(hidden, heads)
+        layer = _prepared_layer(hidden, heads)
     assert layer.attention.self.qkv.kernel == kernel or detect().avx512_vnni is False
     assert (layer.attention.self.softmax_exp_table is not None) == (exp == "table")
     generator = torch.Generator().manual_seed(2)
@@ -100,7 +84,7 @@ def test_softmax_matches_the_reference_over_the_whole_score_range(score_scale):
 
 
 def test_gelu_and_layernorm_stages_saturate_like_the_reference():
-    layer, _ = _prepared_layer()
+    layer = _prepared_layer()
     generator = torch.Generator().manual_seed(5)
     intermediate = layer.intermediate
     bound = intermediate.dense.accumulator_bound
@@ -129,7 +113,7 @@ def test_gelu_and_layernorm_stages_saturate_like_the_reference():
 def test_the_profiler_sees_each_native_stage_under_its_own_name():
     from optimum_int8.benchmark.profiling import category
 
-    layer, _ = _prepared_layer()
+    layer = _prepared_layer()
     codes = torch.randint(-128, 128, (2, 9, HIDDEN), dtype=torch.int8)
     with torch.no_grad(), torch.profiler.profile() as profiler:
         layer(codes, None, native=True)
@@ -143,7 +127,7 @@ def test_the_profiler_sees_each_native_stage_under_its_own_name():
 def test_the_stages_run_on_torchs_thread_count_from_any_python_thread():
     import threading
 
-    layer, _ = _prepared_layer()
+    layer = _prepared_layer()
     codes = torch.randint(-128, 128, (2, 9, HIDDEN), dtype=torch.int8)
     previous = torch.get_num_threads()
     results = {}
